@@ -1,0 +1,31 @@
+"""Masked layers: each takes ``x`` as ``(B, C, L)`` and ``mask`` as ``(B, 1, L)``.
+
+With no padding (or ``mask=None``) every layer equals its native PyTorch counterpart.
+"""
+
+from seqpad.nn import functional
+from seqpad.nn.batchnorm import (
+    MaskedBatchNorm1d,
+    MaskedSyncBatchNorm1d,
+    convert_masked_batchnorm,
+    convert_sync_batchnorm,
+)
+from seqpad.nn.conv import MaskedConv1d
+from seqpad.nn.embedding import MaskedEmbedding
+from seqpad.nn.pooling import MaskedMaxPool, MaskedMeanPool, MaskedSumPool
+from seqpad.nn.rnn import MaskedGRU, MaskedLSTM
+
+__all__ = [
+    "MaskedBatchNorm1d",
+    "MaskedConv1d",
+    "MaskedEmbedding",
+    "MaskedGRU",
+    "MaskedLSTM",
+    "MaskedMaxPool",
+    "MaskedMeanPool",
+    "MaskedSumPool",
+    "MaskedSyncBatchNorm1d",
+    "convert_masked_batchnorm",
+    "convert_sync_batchnorm",
+    "functional",
+]

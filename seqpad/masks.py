@@ -90,9 +90,12 @@ def as_mask(mask: Tensor | None, x: Tensor) -> Tensor | None:
     if m.dtype != torch.bool:
         # Validate 0/1 values where it is free (CPU, eager); on an accelerator the
         # check would force a host sync in every layer, so it is skipped there.
-        if m.device.type == "cpu" and not torch.compiler.is_compiling():
-            if bool(((m != 0) & (m != 1)).any()):
-                raise ValueError("a non-bool mask must hold only 0 and 1")
+        if (
+            m.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and bool(((m != 0) & (m != 1)).any())
+        ):
+            raise ValueError("a non-bool mask must hold only 0 and 1")
         m = m != 0
     if m.device != x.device:
         m = m.to(x.device, non_blocking=True)

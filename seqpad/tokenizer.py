@@ -206,6 +206,14 @@ class Tokenizer:
             try:
                 return seq.encode("ascii")
             except UnicodeEncodeError as e:
+                if self.unknown == "unk":
+                    # Non-ASCII characters are never symbols: clamp them onto byte 255,
+                    # which the table maps to unk, keeping one id per character.
+                    codes = np.frombuffer(seq.encode("utf-32-le"), dtype=np.uint32)
+                    return np.minimum(codes, 255).astype(np.uint8).tobytes()
+                # Report the first bad symbol: an earlier ASCII one wins.
+                prefix = seq[: e.start].encode("ascii")
+                self._check(self._encode_lut[np.frombuffer(prefix, np.uint8)], prefix, record)
                 raise UnknownSymbolError(seq[e.start], e.start + 1, record,
                                          self.alphabet.name) from None
         return seq

@@ -1,19 +1,48 @@
-"""Masked pooling layers (placeholder: being written)."""
+"""Masked global pooling over the length axis: ``(B, C, L)`` + mask -> ``(B, C)``.
+
+A sequence with no real positions pools to 0 (never NaN or -inf), with zero gradient.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["MaskedMeanPool", "MaskedMaxPool", "MaskedSumPool", ]
+from seqpad.nn.functional import masked_max, masked_mean, masked_sum
+
+__all__ = ["MaskedMaxPool", "MaskedMeanPool", "MaskedSumPool"]
 
 
 class MaskedMeanPool(nn.Module):
-    """Placeholder."""
+    """Mean over real positions (:func:`seqpad.nn.functional.masked_mean`).
+
+    Shape:
+        x: ``(B, C, L)``; mask: ``(B, 1, L)`` / ``(B, L)`` or None (plain ``x.mean(-1)``);
+        output: ``(B, C)``.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return masked_mean(x, mask)
 
 
 class MaskedMaxPool(nn.Module):
-    """Placeholder."""
+    """Max over real positions (:func:`seqpad.nn.functional.masked_max`).
+
+    Shape:
+        x: ``(B, C, L)``; mask: ``(B, 1, L)`` / ``(B, L)`` or None (plain ``x.amax(-1)``);
+        output: ``(B, C)``.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return masked_max(x, mask)
 
 
 class MaskedSumPool(nn.Module):
-    """Placeholder."""
+    """Sum over real positions (:func:`seqpad.nn.functional.masked_sum`).
+
+    Shape:
+        x: ``(B, C, L)``; mask: ``(B, 1, L)`` / ``(B, L)`` or None (plain ``x.sum(-1)``);
+        output: ``(B, C)``.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return masked_sum(x, mask)

@@ -1,7 +1,308 @@
-"""Command-line interface (placeholder: being written)."""
+"""Command-line interface: ``seqpad tokenize`` and ``seqpad info`` (see ``docs/cli.md``).
+
+Exit codes: 0 success, 1 bad input or failed write (one ``seqpad: error: ...`` line
+on stderr, nothing left on disk), 2 usage error, 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-def main() -> None:
-    raise NotImplementedError
+import click
+import numpy as np
+
+from seqpad.fasta import FastaFormatError, FastaReader, read_fasta
+from seqpad.store import StoreError, TokenizedDataset, check_output, write_store
+from seqpad.tokenizer import Tokenizer, UnknownSymbolError
+
+__all__ = ["cli", "main"]
+
+#: Inputs at least this large (bytes on disk, all files together) get a progress bar
+#: when stderr is a terminal.
+PROGRESS_MIN_BYTES = 8 << 20
+
+_MAIN_EPILOG = """\b
+Examples:
+  seqpad tokenize proteome.fasta.gz -o proteome.store --alphabet protein
+  seqpad info proteome.store
+"""
+
+_TOKENIZE_EPILOG = """\b
+Examples:
+  # a UniProt proteome (gzip is detected automatically)
+  seqpad tokenize data/UP000000625-E.coli.fasta.gz -o ecoli.store --alphabet protein
+\b
+  # several files, stdin too; map unknown symbols to <unk>; add <bos>/<eos>
+  zcat more.fa.gz | seqpad tokenize a.fa - -o all.store --alphabet dna --unknown unk --bos --eos
+\b
+  # keep records of 30..1022 residues, cutting longer ones; replace an old store
+  seqpad tokenize in.fa -o out.store --alphabet protein --min-length 30 \\
+      --max-length 1022 --truncate --force
+\b
+Exit codes: 0 ok, 1 bad input or failed write (nothing is left behind),
+2 usage error, 130 interrupted.
+"""
+
+
+class _Fail(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+def _err(msg: str) -> None:
+    click.echo(f"seqpad: error: {msg}", err=True)
+
+
+class _Inputs:
+    """The records of several FASTA files in order, remembering which file each
+    came from (for error messages) and how many bytes have been read (for progress)."""
+
+    def __init__(self, paths: Sequence[str], *, full_title: bool) -> None:
+        self.paths = list(paths)
+        self.full_title = full_title
+        self.readers: list[FastaReader] = []
+        self.sizes = [None if p == "-" else _size(p) for p in self.paths]
+        known = [s for s in self.sizes if s is not None]
+        self.total_bytes: int | None = sum(known) if len(known) == len(self.sizes) else None
+
+    def _open(self, path: str) -> FastaReader:
+        reader = read_fasta(path, full_title=self.full_title)
+        self.readers.append(reader)
+        return reader
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return itertools.chain.from_iterable(map(self._open, self.paths))
+
+    def bytes_read(self) -> int:
+        done = 0
+        for r in self.readers[:-1]:
+            done += r.size or 0
+        if self.readers:
+            done += self.readers[-1].bytes_read or 0
+        return done
+
+    def where(self, record_index: int) -> tuple[FastaReader | None, int]:
+        """The reader a global record index came from, and its index in that file."""
+        local = record_index
+        for r in self.readers[:-1]:  # finished readers know their record counts
+            if local < r.records_read:
+                return r, local
+            local -= r.records_read
+        return (self.readers[-1] if self.readers else None), local
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _symbol_hint(symbol: str, alphabet: str) -> str:
+    hints = []
+    if symbol in "-.":
+        hints.append("--gaps for aligned FASTA")
+    if symbol == "*" and alphabet == "protein":
+        hints.append("--stop for translated ORFs")
+    if symbol.isalpha() and symbol.isascii() and alphabet in ("dna", "rna"):
+        hints.append("a different --alphabet")
+    hints.append("--unknown unk or --unknown skip")
+    return "; use " + " or ".join(hints)
+
+
+def _unknown_message(e: UnknownSymbolError, inputs: _Inputs, alphabet: str) -> str:
+    index = getattr(e, "record_index", None)
+    parts = []
+    if index is not None:
+        reader, local = inputs.where(index)
+        if reader is not None:
+            parts.append(reader.path)
+            line = reader.locate(local, e.position)
+            if line is not None:
+                parts.append(f"line {line}")
+            elif reader.path == "<stdin>":
+                parts.append(f"record #{local + 1}")
+    if e.record is not None:
+        parts.append(f"record {e.record!r}")
+    parts.append(f"position {e.position}")
+    parts.append(f"symbol {e.symbol!r} is not in the {alphabet} alphabet"
+                 + _symbol_hint(e.symbol, alphabet))
+    return ": ".join(parts)
+
+
+# --------------------------------------------------------------------------- commands
+class _Group(click.Group):
+    """Turns expected failures into one ``seqpad: error:`` line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (_Fail, FastaFormatError, StoreError, UnknownSymbolError) as e:
+            _err(str(e))
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            _err("interrupted; nothing was written")
+            ctx.exit(130)
+        except BrokenPipeError:
+            ctx.exit(1)
+        except OSError as e:
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            _err(f"{where}{e.strerror or e}")
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_MAIN_EPILOG)
+@click.version_option(package_name="seqpad", prog_name="seqpad")
+def cli() -> None:
+    """seqpad: tokenize FASTA into memory-mapped stores for PyTorch."""
+
+
+@cli.command(epilog=_TOKENIZE_EPILOG)
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", required=True, metavar="OUT",
+              help="Store directory to create.")
+@click.option("--alphabet", required=True, type=click.Choice(["protein", "dna", "rna"]),
+              help="Residue alphabet (IUPAC ambiguity codes included).")
+@click.option("--unknown", type=click.Choice(["error", "unk", "skip"]), default="error",
+              show_default=True,
+              help="A symbol outside the alphabet: stop with an error, store <unk>, "
+                   "or skip the record (counted in the summary).")
+@click.option("--gaps", is_flag=True, help="Accept the gap symbols '-' and '.'.")
+@click.option("--stop", is_flag=True, help="Accept the stop symbol '*'.")
+@click.option("--min-length", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Skip records with fewer residues (0 keeps empty records).")
+@click.option("--max-length", type=click.IntRange(min=1), default=None,
+              help="Longest record kept, in residues; needs --truncate or --drop-long.")
+@click.option("--truncate", "long_policy", flag_value="truncate",
+              help="Cut longer records to their first --max-length residues.")
+@click.option("--drop-long", "long_policy", flag_value="drop",
+              help="Skip records longer than --max-length (counted).")
+@click.option("--bos", is_flag=True, help="Store <bos> before every record.")
+@click.option("--eos", is_flag=True, help="Store <eos> after every record.")
+@click.option("--full-title", is_flag=True,
+              help="Name records by the whole header line, not its first word.")
+@click.option("--force", is_flag=True, help="Replace an existing store at OUT.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal and the "
+                   "input is 8 MiB or more].")
+def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, gaps: bool,
+             stop: bool, min_length: int, max_length: int | None, long_policy: str | None,
+             bos: bool, eos: bool, full_title: bool, force: bool,
+             progress: bool | None) -> None:
+    """Tokenize FASTA files (plain or gzip; '-' is stdin) into the store OUT.
+
+    Prints a summary: records written, skipped (by reason), residues, and
+    length min / median / max.
+    """
+    if max_length is not None and long_policy is None:
+        raise click.UsageError("--max-length needs --truncate or --drop-long")
+    if long_policy is not None and max_length is None:
+        raise click.UsageError("--truncate / --drop-long need --max-length")
+    if max_length is not None and max_length < min_length:
+        raise click.UsageError("--max-length must be >= --min-length")
+    if inputs.count("-") > 1:
+        raise click.UsageError("'-' (stdin) may be given only once")
+    for p in inputs:
+        if p != "-" and not os.path.isfile(p):
+            what = "is a directory" if os.path.isdir(p) else "no such file"
+            raise _Fail(f"{p}: {what}")
+    check_output(output, overwrite=force)
+
+    tokenizer = Tokenizer(alphabet, unknown=unknown, gaps=gaps, stop=stop)  # type: ignore[arg-type]
+    source = _Inputs(inputs, full_title=full_title)
+    total = source.total_bytes
+    show = progress if progress is not None else (
+        sys.stderr.isatty() and total is not None and total >= PROGRESS_MIN_BYTES)
+    bar: Any = None
+    shown = 0
+
+    def update(_records: int) -> None:
+        nonlocal shown
+        if bar is not None:
+            now = source.bytes_read()
+            bar.update(max(now - shown, 0))
+            shown = max(now, shown)
+
+    try:
+        with click.progressbar(length=total or 0, label="tokenizing", file=sys.stderr,
+                               show_eta=True, show_percent=total is not None) \
+                if show else _nullcontext() as bar:
+            summary = write_store(output, source, tokenizer, min_length=min_length,
+                                  max_length=max_length, truncate=long_policy == "truncate",
+                                  add_bos=bos, add_eos=eos, overwrite=force,
+                                  progress=update)
+    except UnknownSymbolError as e:
+        raise _Fail(_unknown_message(e, source, alphabet)) from None
+    finally:
+        source.close()
+    files = f"{len(inputs)} file" + ("s" if len(inputs) != 1 else "")
+    click.echo(f"wrote {output} ({files}, {tokenizer!r})")
+    click.echo(summary.format())
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@cli.command(epilog="\b\nExample:\n  seqpad info ecoli.store")
+@click.argument("store", metavar="STORE")
+@click.option("--bins", type=click.IntRange(min=1, max=100), default=12, show_default=True,
+              help="Histogram rows.")
+def info(store: str, bins: int) -> None:
+    """Summarise a store: records, residues, lengths, and a length histogram."""
+    ds = TokenizedDataset(store)
+    click.echo(f"store     {store}")
+    click.echo(f"format    seqpad-store v{ds.meta['format_version']}, "
+               f"{ds.tokenizer!r}, bos={ds.add_bos}, eos={ds.add_eos}")
+    summary = ds.summary()
+    click.echo(summary.format())
+    residues = ds.lengths - (int(ds.add_bos) + int(ds.add_eos))
+    if len(residues):
+        click.echo("")
+        click.echo(histogram(residues, bins=bins))
+
+
+def histogram(lengths: np.ndarray, *, bins: int = 12, width: int = 40) -> str:
+    """A text histogram of lengths: linear bins up to the 99th percentile, then one
+    overflow row when the longest records lie far beyond it."""
+    lens = np.asarray(lengths, dtype=np.int64)
+    lo, hi = int(lens.min()), int(lens.max())
+    p99 = int(np.percentile(lens, 99))
+    top = hi if hi <= 2 * max(p99, 1) else p99
+    edges = np.unique(np.linspace(lo, top + 1, bins + 1).round().astype(np.int64))
+    if len(edges) < 2:
+        edges = np.array([lo, lo + 1])
+    counts = np.histogram(np.minimum(lens, top), bins=edges)[0].tolist()
+    labels = [f"{a:,}-{b - 1:,}" if b - 1 > a else f"{a:,}" for a, b in itertools.pairwise(edges)]
+    if top < hi:
+        over = int((lens > top).sum())
+        counts[-1] -= over
+        labels.append(f"> {top:,}")
+        counts.append(over)
+    peak = max(counts) or 1
+    lw = max(len(s) for s in labels)
+    cw = max(len(f"{c:,}") for c in counts)
+    rows = ["length (residues)"]
+    for label, c in zip(labels, counts, strict=True):
+        bar = "#" * (round(width * c / peak) if c else 0)
+        if c and not bar:
+            bar = "."
+        rows.append(f"{label:>{lw}} | {c:>{cw},} {bar}")
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``seqpad``; also ``python -m seqpad``)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="seqpad")

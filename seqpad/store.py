@@ -1,9 +1,684 @@
-"""Tokenized on-disk store (placeholder: being written)."""
+"""Tokenized on-disk store: the format ``seqpad tokenize`` writes, and its Dataset.
+
+A store is a directory of ``.npy`` arrays plus ``meta.json`` (specification in
+``docs/store.md``)::
+
+    ids.npy           uint8  (T,)    ids of every record, concatenated
+    offsets.npy       int64  (N+1,)  record i is ids[offsets[i]:offsets[i+1]]
+    names.npy         uint8  (B,)    UTF-8 bytes of every name, concatenated
+    name_offsets.npy  int64  (N+1,)  name i is names[name_offsets[i]:name_offsets[i+1]]
+    meta.json                        format, version, tokenizer, options, summary
+
+Everything is readable with numpy alone (``np.load(..., mmap_mode="r")``).
+:func:`write_store` writes into a temporary directory next to the target and
+renames it into place only when complete, so a failed or interrupted run never
+leaves a store that opens.
+"""
 
 from __future__ import annotations
 
-__all__ = ["TokenizedDataset"]
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch.utils.data
+
+from seqpad.alphabet import BOS_ID, EOS_ID
+from seqpad.tokenizer import IDS_DTYPE, Tokenizer, UnknownSymbolError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "StoreError",
+    "StoreSummary",
+    "TokenizedDataset",
+    "write_store",
+]
+
+FORMAT_NAME = "seqpad-store"
+#: Bumped on any incompatible change; readers refuse versions they do not know.
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+_ARRAYS: dict[str, str] = {  # file -> dtype (numpy descr)
+    "ids.npy": "|u1",
+    "offsets.npy": "<i8",
+    "names.npy": "|u1",
+    "name_offsets.npy": "<i8",
+}
+_HEADER_LEN = 128  # every .npy header we write is exactly this long (checked)
+_INVALID = 255  # Tokenizer.lookup_table marks bytes outside the alphabet with 255
+_INVALID_BYTE = bytes([_INVALID])
+_HIST_SIZE = 1 << 16  # exact length histogram below this; longer lengths kept in a list
+#: Reasons a record can be skipped, in the order summaries list them.
+SKIP_REASONS = ("empty", "too_short", "too_long", "unknown_symbol")
 
 
-class TokenizedDataset:
-    """Placeholder."""
+class StoreError(ValueError):
+    """A store cannot be written (target exists) or read (missing, foreign, corrupt)."""
+
+
+# --------------------------------------------------------------------------- summary
+@dataclass
+class StoreSummary:
+    """What a store holds, or what :func:`write_store` did.
+
+    ``residues`` and the length statistics count sequence residues as stored
+    (after truncation), without bos/eos; ``tokens`` includes them.
+    """
+
+    records: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+    residues: int = 0
+    tokens: int = 0
+    length_min: int | None = None
+    length_median: float | None = None
+    length_max: int | None = None
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records, "skipped": dict(self.skipped),
+            "truncated": self.truncated, "residues": self.residues, "tokens": self.tokens,
+            "length_min": self.length_min, "length_median": self.length_median,
+            "length_max": self.length_max,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoreSummary:
+        return cls(**{k: d[k] for k in cls().to_dict() if k in d})
+
+    def format(self) -> str:
+        """Human-readable lines, as ``seqpad tokenize`` and ``seqpad info`` print them."""
+        def num(x: float | None) -> str:
+            if x is None:
+                return "-"
+            return f"{int(x):,}" if float(x).is_integer() else f"{x:,.1f}"
+
+        lines = [f"records written   {self.records:,}",
+                 f"skipped           {self.total_skipped:,}"]
+        for reason in SKIP_REASONS:
+            if self.skipped.get(reason):
+                lines.append(f"  {reason:<15} {self.skipped[reason]:,}")
+        if self.truncated:
+            lines.append(f"truncated         {self.truncated:,}")
+        lines.append(f"residues          {self.residues:,}")
+        if self.tokens != self.residues:
+            lines.append(f"tokens            {self.tokens:,} (with bos/eos)")
+        lines.append(f"length min/median/max  {num(self.length_min)} / "
+                     f"{num(self.length_median)} / {num(self.length_max)}")
+        return "\n".join(lines)
+
+    __str__ = format
+
+
+class _LengthStats:
+    """Exact min / median / max of many lengths in memory independent of their count
+    (a histogram below 65,536; longer lengths, necessarily few, kept as they are)."""
+
+    def __init__(self) -> None:
+        self.hist = np.zeros(_HIST_SIZE, dtype=np.int64)
+        self.big: list[npt.NDArray[np.int64]] = []
+
+    def add(self, lengths: npt.NDArray[np.int64]) -> None:
+        small = lengths < _HIST_SIZE
+        self.hist += np.bincount(lengths[small], minlength=_HIST_SIZE)
+        if not small.all():
+            self.big.append(lengths[~small].copy())
+
+    def fill(self, s: StoreSummary) -> None:
+        big = np.sort(np.concatenate(self.big)) if self.big else np.zeros(0, np.int64)
+        n_small = int(self.hist.sum())
+        n = n_small + len(big)
+        if n == 0:
+            return
+        nz = np.flatnonzero(self.hist)
+        s.length_min = int(nz[0]) if n_small else int(big[0])
+        s.length_max = int(big[-1]) if len(big) else int(nz[-1])
+        cum = np.cumsum(self.hist)
+
+        def kth(k: int) -> int:  # 0-based k-th smallest
+            if k < n_small:
+                return int(np.searchsorted(cum, k, side="right"))
+            return int(big[k - n_small])
+
+        lo, hi = kth((n - 1) // 2), kth(n // 2)
+        s.length_median = (lo + hi) / 2
+
+
+def summarize_lengths(lengths: npt.ArrayLike, summary: StoreSummary) -> StoreSummary:
+    """Fill ``summary``'s length statistics from an array of residue lengths."""
+    arr = np.asarray(lengths, dtype=np.int64)
+    stats = _LengthStats()
+    if arr.size:
+        stats.add(arr)
+    stats.fill(summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- writing
+class _NpyAppender:
+    """A 1-D ``.npy`` file written by appending; the header is fixed up on close."""
+
+    def __init__(self, path: Path, descr: str) -> None:
+        self.path = path
+        self.descr = descr
+        self.dtype = np.dtype(descr)
+        self.count = 0
+        self.fh: IO[bytes] = open(path, "wb")  # noqa: SIM115 -- closed in finish()
+        self.fh.write(self._header(0))
+
+    def _header(self, n: int) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buf, {"descr": self.descr, "fortran_order": False, "shape": (n,)})
+        head = buf.getvalue()
+        if len(head) != _HEADER_LEN:  # pragma: no cover - only for absurd sizes
+            raise StoreError(f"unexpected .npy header size {len(head)}")
+        return head
+
+    def append(self, arr: npt.NDArray[Any] | bytes | bytearray) -> None:
+        if isinstance(arr, (bytes, bytearray)):
+            self.fh.write(arr)
+            self.count += len(arr) // self.dtype.itemsize
+        else:
+            a = np.ascontiguousarray(arr, dtype=self.dtype)
+            self.fh.write(memoryview(a).cast("B"))
+            self.count += a.size
+
+    def finish(self) -> None:
+        self.fh.flush()
+        self.fh.seek(0)
+        self.fh.write(self._header(self.count))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+    def abort(self) -> None:
+        self.fh.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _is_store(path: Path) -> bool:
+    try:
+        with open(path / META_FILE, encoding="utf-8") as f:
+            return json.load(f).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Raise :class:`StoreError` unless ``path`` may receive a new store.
+
+    A missing path is fine; an existing seqpad store or empty directory only with
+    ``overwrite=True``; anything else (a file, a directory with other content) never,
+    so that ``--force`` cannot delete data that is not a store.
+    """
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise StoreError(f"{p}: parent directory {str(p.parent)!r} does not exist")
+    if not (p.exists() or p.is_symlink()):
+        return p
+    if p.is_dir() and (_is_store(p) or not any(p.iterdir())):
+        if overwrite:
+            return p
+        raise StoreError(f"{p}: already exists (use --force / overwrite=True to replace it)")
+    raise StoreError(f"{p}: exists and is not a seqpad store; refusing to replace it")
+
+
+class _Writer:
+    def __init__(self, tmp: Path, tokenizer: Tokenizer, *, min_length: int,
+                 max_length: int | None, truncate: bool, add_bos: bool, add_eos: bool) -> None:
+        self.tok = tokenizer
+        self.min_length = min_length
+        self.max_length = max_length
+        self.truncate = truncate
+        self.add_bos = add_bos
+        self.add_eos = add_eos
+        self.extra = int(add_bos) + int(add_eos)
+        self.table = tokenizer.lookup_table.tobytes()  # for bytes.translate
+        self.check = tokenizer.unknown != "unk"
+        self.files = {name: _NpyAppender(tmp / name, d) for name, d in _ARRAYS.items()}
+        self.files["offsets.npy"].append(np.zeros(1, np.int64))
+        self.files["name_offsets.npy"].append(np.zeros(1, np.int64))
+        self.n_tokens = 0
+        self.n_name_bytes = 0
+        self.summary = StoreSummary(skipped=dict.fromkeys(SKIP_REASONS, 0))
+        self.stats = _LengthStats()
+
+    def write_batch(self, names: list[str], seqs: list[Any], batch_start: int,
+                    skipped_at: list[int]) -> None:
+        tok = self.tok
+        body: npt.NDArray[np.uint8] | None = None
+        lens: npt.NDArray[np.int64] | None = None
+        if seqs and isinstance(seqs[0], str):
+            try:
+                raw: bytes | None = "".join(seqs).encode("ascii")
+            except (UnicodeEncodeError, TypeError):
+                raw = None
+        else:
+            try:
+                raw = b"".join(seqs)
+            except TypeError:
+                raw = None
+        if raw is not None:
+            translated = raw.translate(self.table)  # one C pass: byte -> id
+            if self.check and _INVALID_BYTE in translated:
+                body = None
+            else:
+                body = np.frombuffer(translated, dtype=IDS_DTYPE)
+                lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        if body is None:  # some record has a symbol outside the alphabet: find it
+            kept_names, kept_arrays = [], []
+            for k, (name, seq) in enumerate(zip(names, seqs, strict=True)):
+                try:
+                    kept_arrays.append(tok.encode(seq, record=name))
+                except UnknownSymbolError as e:
+                    if tok.unknown == "skip":
+                        self.summary.skipped["unknown_symbol"] += 1
+                        continue
+                    j = k  # k-th kept record -> index among all records of the batch
+                    for s in skipped_at:
+                        if s <= j:
+                            j += 1
+                    e.record_index = batch_start + j  # type: ignore[attr-defined]
+                    raise
+                kept_names.append(name)
+            names = kept_names
+            lens = np.fromiter(map(len, kept_arrays), dtype=np.int64, count=len(kept_arrays))
+            body = np.concatenate(kept_arrays) if kept_arrays else np.zeros(0, IDS_DTYPE)
+        assert lens is not None
+        n = len(names)
+        if n == 0:
+            return
+        keep = lens
+        if self.truncate and self.max_length is not None and (lens > self.max_length).any():
+            keep = np.minimum(lens, self.max_length)
+            self.summary.truncated += int((keep < lens).sum())
+        out_lens = keep + self.extra
+        if self.extra or keep is not lens:
+            out = np.empty(int(out_lens.sum()), dtype=IDS_DTYPE)
+            out_starts = np.zeros(n, dtype=np.int64)
+            np.cumsum(out_lens[:-1], out=out_starts[1:])
+            src_starts = np.zeros(n, dtype=np.int64)
+            np.cumsum(lens[:-1], out=src_starts[1:])
+            total_keep = int(keep.sum())
+            keep_starts = np.zeros(n, dtype=np.int64)
+            np.cumsum(keep[:-1], out=keep_starts[1:])
+            within = np.arange(total_keep, dtype=np.int64) - np.repeat(keep_starts, keep)
+            out[np.repeat(out_starts + int(self.add_bos), keep) + within] = \
+                body[np.repeat(src_starts, keep) + within]
+            if self.add_bos:
+                out[out_starts] = BOS_ID
+            if self.add_eos:
+                out[out_starts + out_lens - 1] = EOS_ID
+        else:
+            out = body
+        self.files["ids.npy"].append(out)
+        ends = self.n_tokens + np.cumsum(out_lens)
+        self.n_tokens = int(ends[-1])
+        self.files["offsets.npy"].append(ends)
+        # names: one encode for the whole batch when it is ASCII (the usual case)
+        joined = "".join(names)
+        blob = joined.encode("utf-8", "surrogateescape")
+        if len(blob) == len(joined):
+            name_lens = np.fromiter(map(len, names), dtype=np.int64, count=n)
+        else:
+            encoded = [s.encode("utf-8", "surrogateescape") for s in names]
+            name_lens = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+        self.files["names.npy"].append(blob)
+        name_ends = self.n_name_bytes + np.cumsum(name_lens)
+        self.n_name_bytes = int(name_ends[-1])
+        self.files["name_offsets.npy"].append(name_ends)
+        s = self.summary
+        s.records += n
+        s.residues += int(keep.sum())
+        s.tokens = self.n_tokens
+        self.stats.add(keep)
+
+    def finish(self, meta: dict[str, Any]) -> StoreSummary:
+        for f in self.files.values():
+            f.finish()
+        self.stats.fill(self.summary)
+        self.summary.skipped = {k: v for k, v in self.summary.skipped.items() if v}
+        meta["summary"] = self.summary.to_dict()
+        meta["n_records"] = self.summary.records
+        meta["n_tokens"] = self.n_tokens
+        meta["n_name_bytes"] = self.n_name_bytes
+        return self.summary
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.abort()
+
+
+def write_store(
+    path: str | os.PathLike[str],
+    records: Iterable[tuple[str, str | bytes]],
+    tokenizer: Tokenizer,
+    *,
+    min_length: int = 1,
+    max_length: int | None = None,
+    truncate: bool = False,
+    add_bos: bool = False,
+    add_eos: bool = False,
+    overwrite: bool = False,
+    batch_residues: int = 1 << 22,
+    progress: Callable[[int], None] | None = None,
+) -> StoreSummary:
+    """Tokenize ``records`` and write them as a store at ``path``, atomically.
+
+    Args:
+        path: the store directory to create.
+        records: iterable of ``(name, sequence)``; e.g. :func:`seqpad.read_fasta`.
+        tokenizer: the :class:`~seqpad.tokenizer.Tokenizer`; its ``unknown`` policy
+            decides what a symbol outside the alphabet does: ``"error"`` raises
+            :class:`~seqpad.tokenizer.UnknownSymbolError` (with ``.record`` and an extra
+            ``.record_index``, the 0-based index in ``records``), ``"unk"`` stores
+            ``unk_id``, ``"skip"`` drops the record and counts it as ``unknown_symbol``.
+        min_length: records with fewer residues are skipped (``empty`` when 0,
+            ``too_short`` otherwise). Default 1: empty records are skipped and counted;
+            pass 0 to keep them.
+        max_length: records with more residues are dropped (``too_long``), or cut to
+            their first ``max_length`` residues with ``truncate=True``. Lengths count
+            residues, not bos/eos.
+        add_bos / add_eos: store ``bos_id`` / ``eos_id`` around every record (they
+            count in ``TokenizedDataset.lengths``).
+        overwrite: replace an existing store at ``path`` (never anything else).
+        batch_residues: residues encoded per vectorised batch (memory use is a small
+            multiple of this, whatever the input size).
+        progress: called with the number of records read so far, once per batch.
+
+    Returns:
+        :class:`StoreSummary`: records written, skipped by reason, truncated,
+        residues, length min / median / max.
+
+    Raises:
+        StoreError: ``path`` exists (without ``overwrite``) or is not a store.
+        UnknownSymbolError: under ``unknown="error"``. Nothing is left on disk.
+    """
+    if min_length < 0:
+        raise ValueError("min_length must be >= 0")
+    if max_length is not None and max_length < max(min_length, 1):
+        raise ValueError("max_length must be >= max(min_length, 1)")
+    target = check_output(path, overwrite=overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a store is a normal directory
+    writer: _Writer | None = None
+    try:
+        writer = _Writer(tmp, tokenizer, min_length=min_length, max_length=max_length,
+                         truncate=truncate, add_bos=add_bos, add_eos=add_eos)
+        skipped = writer.summary.skipped
+        names: list[str] = []
+        seqs: list[Any] = []
+        batch_start = 0  # index in ``records`` of the batch's first record
+        skipped_at: list[int] = []  # batch-relative indices of records skipped here
+        pending = 0
+        seen = 0
+        drop_long = max_length is not None and not truncate
+        long_at = max_length if max_length is not None else -1
+        for name, seq in records:
+            n = len(seq)
+            if n < min_length or (drop_long and n > long_at):
+                reason = "empty" if n == 0 else "too_short" if n < min_length else "too_long"
+                skipped[reason] += 1
+                skipped_at.append(len(names) + len(skipped_at))
+                continue
+            names.append(name)
+            seqs.append(seq)
+            pending += n
+            if pending >= batch_residues:
+                seen = batch_start + len(names) + len(skipped_at)
+                writer.write_batch(names, seqs, batch_start, skipped_at)
+                names, seqs, skipped_at, pending, batch_start = [], [], [], 0, seen
+                if progress is not None:
+                    progress(seen)
+        seen = batch_start + len(names) + len(skipped_at)
+        writer.write_batch(names, seqs, batch_start, skipped_at)
+        if progress is not None:
+            progress(seen)
+        meta: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "tokenizer": tokenizer.to_dict(),
+            "add_bos": add_bos,
+            "add_eos": add_eos,
+            "options": {"min_length": min_length, "max_length": max_length,
+                        "truncate": truncate},
+            "files": {name: {"dtype": d} for name, d in _ARRAYS.items()},
+        }
+        summary = writer.finish(meta)
+        for name, f in writer.files.items():
+            meta["files"][name]["shape"] = [f.count]
+        writer = None
+        # meta.json last: a directory without it never opens as a store.
+        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        _install(tmp, target, overwrite=overwrite)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _install(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    """Rename the finished temporary store into place (replacing an old one)."""
+    check_output(target, overwrite=overwrite)  # re-check: something may have appeared
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / "store")
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old / "store", target)  # put the old store back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
+    _fsync_dir(target.parent)
+
+
+# --------------------------------------------------------------------------- reading
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and check a store's ``meta.json`` (raises :class:`StoreError`)."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"{p}: no such store")
+    if not p.is_dir():
+        raise StoreError(f"{p}: not a seqpad store (not a directory)")
+    try:
+        with open(p / META_FILE, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise StoreError(f"{p}: not a complete seqpad store (no {META_FILE}; an "
+                         "interrupted write or another kind of directory)") from None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{p}: unreadable {META_FILE} ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise StoreError(f"{p}: not a seqpad store ({META_FILE} has no "
+                         f"format={FORMAT_NAME!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise StoreError(f"{p}: invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise StoreError(f"{p}: store format version {version} is newer than this seqpad "
+                         f"reads (version {FORMAT_VERSION}); upgrade seqpad")
+    for key in ("n_records", "n_tokens", "n_name_bytes", "tokenizer"):
+        if key not in meta:
+            raise StoreError(f"{p}: {META_FILE} lacks {key!r}")
+    return meta
+
+
+def _load(path: Path, name: str, descr: str, n: int) -> npt.NDArray[Any]:
+    f = path / name
+    try:
+        if n == 0:
+            arr = np.load(f, allow_pickle=False)
+        else:
+            arr = np.load(f, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing {name}; the store is incomplete") from None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: {name} is not a valid .npy file ({e})") from None
+    if arr.dtype != np.dtype(descr) or arr.shape != (n,):
+        raise StoreError(f"{path}: {name} has dtype {arr.dtype} shape {arr.shape}, expected "
+                         f"{np.dtype(descr)} ({n},); the store is corrupt")
+    return arr
+
+
+class TokenizedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """A store written by :func:`write_store` / ``seqpad tokenize``, as a Dataset.
+
+    ``ds[i]`` is the 1-D ``uint8`` ids of record i (a read-only view into the
+    memory-mapped file, O(1)); with ``with_names=True`` it is ``(name, ids)``.
+    Opening reads only ``meta.json`` and the arrays' headers. The dataset pickles
+    without its memory maps (DataLoader workers reopen them lazily).
+
+    Attributes:
+        path: the store directory.
+        meta: the parsed ``meta.json``.
+        add_bos / add_eos: whether records carry bos/eos ids.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, with_names: bool = False) -> None:
+        self.path = Path(path)
+        self.with_names = with_names
+        self.meta = read_meta(self.path)
+        self.add_bos = bool(self.meta.get("add_bos", False))
+        self.add_eos = bool(self.meta.get("add_eos", False))
+        self._n = int(self.meta["n_records"])
+        self._arrays: dict[str, npt.NDArray[Any]] | None = None
+        self._names: list[str] | None = None
+        self._lengths: npt.NDArray[np.int64] | None = None
+        self._tokenizer: Tokenizer | None = None
+        self._open()  # validate now, so errors surface at construction
+
+    # ------------------------------------------------------------------ files
+    def _open(self) -> dict[str, npt.NDArray[Any]]:
+        if self._arrays is None:
+            m = self.meta
+            sizes = {"ids.npy": int(m["n_tokens"]), "offsets.npy": self._n + 1,
+                     "names.npy": int(m["n_name_bytes"]), "name_offsets.npy": self._n + 1}
+            arrays = {name: _load(self.path, name, d, sizes[name])
+                      for name, d in _ARRAYS.items()}
+            for offs, data in (("offsets.npy", "ids.npy"), ("name_offsets.npy", "names.npy")):
+                o = arrays[offs]
+                if int(o[0]) != 0 or int(o[-1]) != sizes[data]:
+                    raise StoreError(f"{self.path}: {offs} does not match {data}; "
+                                     "the store is corrupt")
+            self._arrays = arrays
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = None  # memory maps are reopened in the receiving process
+        return state
+
+    # -------------------------------------------------------------- Dataset API
+    def __len__(self) -> int:
+        return self._n
+
+    def _index(self, i: int) -> int:
+        try:
+            j = int(i)  # accepts numpy / torch integers
+        except TypeError:
+            raise TypeError(f"indices must be integers, not {type(i).__name__}") from None
+        if j < 0:
+            j += self._n
+        if not 0 <= j < self._n:
+            raise IndexError(f"record index {i} out of range for {self._n} records")
+        return j
+
+    def ids(self, i: int) -> npt.NDArray[np.uint8]:
+        """The ids of record ``i`` (read-only memmap view)."""
+        a = self._open()
+        j = self._index(i)
+        off = a["offsets.npy"]
+        return a["ids.npy"][int(off[j]): int(off[j + 1])]
+
+    def name(self, i: int) -> str:
+        """The name of record ``i``."""
+        a = self._open()
+        j = self._index(i)
+        off = a["name_offsets.npy"]
+        return bytes(a["names.npy"][int(off[j]): int(off[j + 1])]).decode(
+            "utf-8", "surrogateescape")
+
+    def __getitem__(self, i: int) -> Any:
+        if self.with_names:
+            return self.name(i), self.ids(i)
+        return self.ids(i)
+
+    # ------------------------------------------------------------- whole-store
+    @property
+    def names(self) -> list[str]:
+        """All record names, in order (decoded on first access)."""
+        if self._names is None:
+            a = self._open()
+            blob = bytes(a["names.npy"])
+            off = np.asarray(a["name_offsets.npy"]).tolist()
+            self._names = [blob[s:e].decode("utf-8", "surrogateescape")
+                           for s, e in itertools.pairwise(off)]
+        return self._names
+
+    @property
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """``(N,)`` int64: ids per record, bos/eos included."""
+        if self._lengths is None:
+            self._lengths = np.diff(np.asarray(self._open()["offsets.npy"])).astype(np.int64)
+        return self._lengths
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the store was written with (rebuilt from ``meta.json``)."""
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer.from_dict(self.meta["tokenizer"])
+        return self._tokenizer
+
+    def summary(self) -> StoreSummary:
+        """The summary recorded at write time, with length statistics recomputed from
+        the stored offsets."""
+        s = StoreSummary.from_dict(self.meta.get("summary", {}))
+        s.records = self._n
+        s.tokens = int(self.meta["n_tokens"])
+        residues = self.lengths - (int(self.add_bos) + int(self.add_eos))
+        s.residues = int(residues.sum())
+        s.length_min = s.length_median = s.length_max = None
+        return summarize_lengths(residues, s)
+
+    def __repr__(self) -> str:
+        return (f"TokenizedDataset({str(self.path)!r}, records={self._n}, "
+                f"tokens={self.meta['n_tokens']}, tokenizer={self.tokenizer!r})")

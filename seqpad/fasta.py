@@ -11,6 +11,7 @@ Every edge-case decision is listed in ``docs/fasta.md``.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -73,6 +74,7 @@ class _Source:
         self.display = _display(path)
         self.is_stdin = os.fspath(path) == "-"
         self._fileio: Any = None
+        self._final: int | None = None
         if self.is_stdin:
             raw: Any = stdin if stdin is not None else sys.stdin.buffer
             self.size: int | None = None
@@ -109,6 +111,8 @@ class _Source:
         """Bytes taken from the file (compressed for gzip); None when not known (pipes)."""
         if self._fileio is None:
             return None
+        if self._fileio.closed:
+            return self._final
         try:
             return int(self._fileio.tell())
         except (OSError, ValueError):
@@ -125,10 +129,17 @@ class _Source:
         wrapper = io.TextIOWrapper(self.binary, encoding="utf-8", errors="surrogateescape",
                                    newline=None)
         wrapper._CHUNK_SIZE = 1 << 16  # type: ignore[attr-defined]
+        self._wrapper = wrapper  # keep it alive: its finaliser would close the file
         return iter(wrapper)
 
     def close(self) -> None:
-        if self._fileio is not None:
+        wrapper = getattr(self, "_wrapper", None)
+        if wrapper is not None and self.is_stdin:
+            self._wrapper = None
+            with contextlib.suppress(ValueError):
+                wrapper.detach()  # never close the process's stdin
+        if self._fileio is not None and not self._fileio.closed:
+            self._final = self.bytes_read
             self._fileio.close()
 
 

@@ -214,7 +214,7 @@ _names = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=12
 _seqs = st.text(st.sampled_from("ACDEFGHIKLMNPQRSTVWYacgtnx-*"), max_size=200)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(records=st.lists(st.tuples(_names, _seqs), max_size=8),
        width=st.integers(1, 80), crlf=st.booleans(), final_newline=st.booleans(),
        blank=st.booleans(), gz=st.booleans())

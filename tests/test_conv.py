@@ -175,3 +175,16 @@ def test_arguments_and_repr() -> None:
         MaskedConv1d(4, 8, 0)
     with pytest.raises(ValueError, match="dilation"):
         MaskedConv1d(4, 8, 3, dilation=0)
+
+
+@pytest.mark.xfail(
+    raises=RuntimeError,
+    strict=True,
+    reason="functional.masked_conv1d runs F.conv1d on an L = 0 input (reported)",
+)
+@pytest.mark.parametrize("k", [1, 3])
+def test_zero_length_batch(k: int) -> None:
+    """A batch whose sequences are all empty collates to L = 0: output (B, C_out, 0)."""
+    conv = MaskedConv1d(3, 4, k)
+    out = conv(torch.randn(2, 3, 0), lengths_to_mask([0, 0], 0))
+    assert out.shape == (2, 4, 0)

@@ -7,9 +7,15 @@ reverse direction starts at each sequence's true end: every sequence gets exactl
 Masks must be right-padded prefixes (``mask[b, 0, t]`` True for ``t < length_b``, as
 :func:`seqpad.masks.lengths_to_mask` and the collator build them); a mask with holes or
 left padding cannot be packed and raises ``ValueError``.
+
+Under ``torch.compile`` the packed path runs eagerly behind one graph break (packing
+needs the lengths on the host); the layers around it still compile.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,24 +65,35 @@ def _zero_state(rnn: nn.RNNBase, like: Tensor, batch: int) -> State:
 
 def _masked_rnn_forward(
     rnn: nn.RNNBase,
-    native_forward,
+    native_forward: Callable[[Any], tuple[Any, Any]],
     x: Tensor,
     mask: Tensor | None,
     return_state: bool,
 ) -> Tensor | tuple[Tensor, State]:
     if x.dim() != 3:
         raise ValueError(f"x must be (B, C, L); got shape {tuple(x.shape)}")
-    B, _, L = x.shape
     seq = x.transpose(1, 2)  # (B, L, C), batch_first
     m = as_mask(mask, x)
-    lengths = None if m is None else _prefix_lengths(m)
-
-    if lengths is None:
+    if m is None:
         # No mask: the plain native call (exact parity with nn.LSTM / nn.GRU).
         out, state = native_forward(seq)
         out = out.transpose(1, 2)
         return (out, state) if return_state else out
+    return _packed_forward(rnn, native_forward, seq, m, return_state)
 
+
+# Packing is data-dependent (lengths go to the host): under torch.compile this part
+# runs eagerly behind one clean graph break; the layers around it still compile.
+@torch.compiler.disable
+def _packed_forward(
+    rnn: nn.RNNBase,
+    native_forward: Callable[[Any], tuple[Any, Any]],
+    seq: Tensor,
+    m: Tensor,
+    return_state: bool,
+) -> Tensor | tuple[Tensor, State]:
+    B, L, _ = seq.shape
+    lengths = _prefix_lengths(m)
     # With a mask, always pack (even when nothing is padded): the computation, and the
     # inter-layer dropout draws in train mode, then do not depend on how much padding
     # the batch got.
@@ -85,13 +102,14 @@ def _masked_rnn_forward(
     if n_keep == 0:
         dirs = 2 if rnn.bidirectional else 1
         # Touch every parameter so the graph (and DDP) sees them, with zero gradient.
-        anchor = sum(p.sum() for p in rnn.parameters()) * 0
-        out = x.new_zeros(B, rnn.hidden_size * dirs, L) + anchor.to(x.dtype)
+        anchor = (sum(p.sum() for p in rnn.parameters()) * 0).to(seq.dtype)
+        out = seq.new_zeros(B, rnn.hidden_size * dirs, L) + anchor
         state = _zero_state(rnn, out, B)
+        state = tuple(s + anchor for s in state) if isinstance(state, tuple) else state + anchor
         return (out, state) if return_state else out
 
     if n_keep < B:
-        idx = keep.nonzero().squeeze(1).to(x.device)
+        idx = keep.nonzero().squeeze(1).to(seq.device)
         packed = pack_padded_sequence(
             seq.index_select(0, idx), lengths[keep], batch_first=True, enforce_sorted=False
         )

@@ -31,6 +31,7 @@ Item: TypeAlias = (
     " | tuple[str, str | bytes | npt.NDArray[np.integer] | Tensor]"
 )
 
+_ARRAY_TYPES = frozenset({np.ndarray, np.memmap})
 _INVALID = 255  # byte the tokenizer's lookup table gives symbols outside the alphabet
 
 
@@ -223,8 +224,14 @@ class Collator:
             raise ValueError("cannot collate an empty list of items")
         names: list[str] | None = None
         pad_free = self._pad_free
-        if set(map(type, items)) == {str}:  # fast path: a list of sequences
+        kinds = set(map(type, items))
+        if kinds == {str}:  # fast path: a list of sequences
             bodies = self._split(self._encode_texts(items, None, None), items)
+        elif kinds <= _ARRAY_TYPES:  # fast path: token arrays (TokenizedDataset items)
+            bodies = [x.tobytes() if x.dtype.char == "B" and x.ndim == 1
+                      else self._ids_bytes(x, i, None) for i, x in enumerate(items)]
+            if pad_free:
+                pad_free = self._pad_byte not in b"".join(bodies)
         else:
             names, payloads, text_at = self._classify(items)
             bodies = payloads  # becomes: the ids of every item, as bytes
@@ -247,13 +254,8 @@ class Collator:
     @staticmethod
     def _split(ids: bytes, texts: Sequence[str]) -> list[bytes]:
         """Cut the joined ids back into one ``bytes`` per text."""
-        bounds = accumulate(map(len, texts), initial=0)
-        start = next(bounds)
-        out = []
-        for end in bounds:
-            out.append(ids[start:end])
-            start = end
-        return out
+        ends = list(accumulate(map(len, texts)))
+        return [ids[a:b] for a, b in zip([0, *ends[:-1]], ends)]  # noqa: B905
 
     def _classify(self, items: Sequence[Item]) -> tuple[list[str] | None, list[Any], list[int]]:
         """Split items into names and payloads; note which payloads are text."""
@@ -351,7 +353,9 @@ class Collator:
         """Pad the id bytes into ``(B, L)`` rows and build the tensors."""
         n_items = len(bodies)
         specials = self._specials
-        lengths = [len(b) + specials for b in bodies]
+        lengths = list(map(len, bodies))
+        if specials:
+            lengths = [n + specials for n in lengths]
         width = max(lengths)
         if self.pad_to_multiple_of is not None:
             width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of

@@ -14,12 +14,15 @@ from torch import Tensor
 from seqpad.masks import as_mask
 
 __all__ = [
+    "masked_batch_norm",
+    "masked_batch_norm_reference",
     "masked_conv1d",
     "masked_embedding",
     "masked_fill_padding",
     "masked_max",
     "masked_mean",
     "masked_sum",
+    "merge_batch_stats",
     "same_padding",
 ]
 
@@ -153,3 +156,463 @@ def masked_embedding(
     if mask is None and padding_idx is not None:
         mask = ids != padding_idx
     return masked_fill_padding(out, mask)
+
+
+# ------------------------------------------------------------ batch normalisation
+#
+# Masked batch norm in training mode normalises every channel with the mean and
+# biased variance of its *real* positions only. The eager path below is a custom
+# autograd Function built from memory-bound primitives PyTorch already has:
+#
+# * per-channel masked sums as a batched matmul with the mask, (B, C, L) @ (B, L, 1);
+# * the variance as a sum of squares of the *centred* values, taken with the reduction
+#   half of ``aten::native_batch_norm_backward`` (a fused, read-only per-channel dot
+#   product) -- two passes, never E[x^2] - E[x]^2 on raw data;
+# * the input gradient written in place into the centred buffer the forward pass saved,
+#   so fwd + bwd allocate one tensor more than native batch norm does.
+#
+# The count correction (n real positions instead of B * L) is applied by hand, and
+# several processes merge their (count, mean, M2) with Chan's parallel formula.
+
+_native_bn_backward = torch.ops.aten.native_batch_norm_backward
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics accumulate in float32 for half / bfloat16 inputs (as native BN does)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum over (B, L) of a * b`` per channel: ``(B, C, L) x (B, C, L) -> (C,)``.
+
+    Uses the read-only reduction of ``native_batch_norm_backward`` (grad_weight with
+    mean 0 and invstd 1), which is one fused pass and allocates nothing large.
+    """
+    c = a.shape[1]
+    zero = torch.zeros(c, dtype=a.dtype, device=a.device)
+    one = torch.ones(c, dtype=a.dtype, device=a.device)
+    return _native_bn_backward(a, b, None, None, None, zero, one, True, 0.0, [False, True, False])[1]
+
+
+def _masked_channel_sum(x: Tensor, mf: Tensor | None) -> Tensor:
+    """Per-channel sum over real positions: ``(B, C, L)``, ``(B, 1, L)`` 0/1 -> ``(C,)``.
+
+    A batched matmul with the mask, ``(B, C, L) @ (B, L, 1)``, then a sum over B.
+    """
+    if mf is None:
+        return x.sum(dim=(0, 2))
+    return torch.bmm(x, mf.transpose(1, 2)).sum(dim=0).squeeze(-1)
+
+
+def merge_batch_stats(counts: Tensor, means: Tensor, m2s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge per-group ``(count, mean, M2)`` into the statistics of the union.
+
+    Chan et al.'s parallel formula, for K groups at once: ``n = sum n_k``,
+    ``mean = sum n_k mean_k / n``, ``M2 = sum M2_k + sum n_k (mean_k - mean)^2``.
+    Groups with ``n_k = 0`` contribute nothing; an empty union gives mean 0, M2 0.
+
+    Args:
+        counts: ``(K,)`` real-position counts.
+        means: ``(K, C)`` per-group means.
+        m2s: ``(K, C)`` per-group sums of squared deviations from their own mean.
+
+    Returns:
+        ``(n, mean, M2)``: a 0-d count and two ``(C,)`` tensors, in the input dtype
+        (pass float64 for a merge that loses nothing).
+    """
+    counts = counts.to(means.dtype)
+    n = counts.sum()
+    w = counts.unsqueeze(1)
+    mean = (w * means).sum(dim=0) / n.clamp_min(1)
+    m2 = m2s.sum(dim=0) + (w * (means - mean) ** 2).sum(dim=0)
+    return n, mean, m2
+
+
+def _all_gather_stats(
+    count: int, mean: Tensor, m2: Tensor, process_group: object
+) -> tuple[int, Tensor, Tensor]:
+    """All-gather each rank's ``(count, mean, M2)`` and merge them in float64."""
+    import torch.distributed as dist
+
+    c = mean.numel()
+    packed = torch.empty(2 * c + 1, dtype=torch.float64, device=mean.device)
+    packed[0] = count
+    packed[1 : c + 1] = mean
+    packed[c + 1 :] = m2
+    world = dist.get_world_size(process_group)
+    gathered = [torch.empty_like(packed) for _ in range(world)]
+    dist.all_gather(gathered, packed, group=process_group)
+    stacked = torch.stack(gathered)
+    n, g_mean, g_m2 = merge_batch_stats(stacked[:, 0], stacked[:, 1 : c + 1], stacked[:, c + 1 :])
+    return round(float(n)), g_mean.to(mean.dtype), g_m2.to(m2.dtype)
+
+
+def _verify_count(count: int, x: Tensor) -> None:
+    if count == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {x.size()} "
+            "with 1 real position"
+        )
+
+
+class _MaskedBatchNormTrain(torch.autograd.Function):
+    """Training-mode masked batch norm: batch statistics over real positions only.
+
+    forward(x (B, C, L), mask (B, 1, L) bool or None, weight, bias, eps, process_group)
+    -> (y (B, C, L) in x's dtype, mean (C,), biased var (C,), count 0-d); only y is
+    differentiable.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        mask: Tensor | None,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        process_group: object | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        in_dtype = x.dtype
+        cd = _compute_dtype(in_dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(cd)
+            b, c, length = xc.shape
+            mf = None if mask is None else mask.to(cd)
+
+            if mask is None:
+                count, finite = b * length, True
+                s = _masked_channel_sum(xc, None)
+            elif xc.device.type == "cpu":
+                count = int(mask.sum(dtype=torch.int64))
+                s = _masked_channel_sum(xc, mf)
+                # Cheap guard: inf or nan in padding makes the matmul sum non-finite
+                # (inf * 0 = nan); only then pay for zeroing the padding first.
+                finite = bool(torch.isfinite(s).all())
+                if not finite:
+                    s = _masked_channel_sum(xc.masked_fill(~mask, 0), mf)
+            else:
+                # On accelerators the guard would cost a host sync: always zero padding.
+                count, finite = int(mask.sum(dtype=torch.int64)), False
+                s = _masked_channel_sum(xc.masked_fill(~mask, 0), mf)
+            mean = s / max(count, 1)
+
+            # Centred values, exactly zero at padding: (x - mean) * mask.
+            t = torch.sub(xc, mean.view(1, c, 1))
+            if mask is not None:
+                if finite:
+                    t.mul_(mf)
+                else:
+                    t.masked_fill_(~mask, 0)
+            m2 = _channel_dot(t, t)
+
+            if process_group is not None:
+                g_count, g_mean, m2 = _all_gather_stats(count, mean, m2, process_group)
+                if mf is not None:
+                    t.addcmul_(mf, (mean - g_mean).view(1, c, 1))
+                else:
+                    t.add_((mean - g_mean).view(1, c, 1))
+                count, mean = g_count, g_mean
+            _verify_count(count, x)
+
+            var = m2 / max(count, 1)
+            invstd = torch.rsqrt(var + eps)
+            scale = invstd if weight is None else invstd * weight.to(cd)
+            y = torch.mul(t, scale.view(1, c, 1))
+            if bias is not None:
+                if mf is None:
+                    y.add_(bias.to(cd).view(1, c, 1))
+                else:
+                    y.addcmul_(bias.to(cd).view(1, c, 1), mf)
+
+        ctx.t = t  # consumed (reused as the input gradient) by the first backward
+        ctx.save_for_backward(x, mask, weight, mean, invstd)
+        ctx.count = count
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.process_group = process_group
+        count_out = torch.tensor(count, dtype=torch.int64, device=x.device)
+        ctx.mark_non_differentiable(mean, var, count_out)
+        return y.to(in_dtype), mean, var, count_out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, dy: Tensor, *_: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, mask, weight, mean, invstd = ctx.saved_tensors
+        cd = mean.dtype
+        c = x.shape[1]
+        n = max(ctx.count, 1)
+        with torch.autocast(x.device.type, enabled=False):
+            mf = None if mask is None else mask.to(cd)
+            t = ctx.t
+            ctx.t = None
+            if t is None:  # backward through a retained graph: rebuild the centred input
+                t = torch.sub(x.to(cd), mean.view(1, c, 1))
+                if mask is not None:
+                    t.masked_fill_(~mask, 0)
+            dy = dy.to(cd)
+            sum_dy = _masked_channel_sum(dy, mf)
+            sum_dy_xmu = _channel_dot(dy, t)  # t is zero at padding: real positions only
+            grad_weight = (sum_dy_xmu * invstd) if weight is not None else None
+            grad_bias = sum_dy if ctx.bias_dtype is not None else None
+            if ctx.process_group is not None:
+                # Like native SyncBatchNorm, parameter gradients stay local (DDP averages
+                # them); the input gradient needs the global sums.
+                import torch.distributed as dist
+
+                both = torch.cat([sum_dy, sum_dy_xmu])
+                dist.all_reduce(both, group=ctx.process_group)
+                sum_dy, sum_dy_xmu = both[:c], both[c:]
+            k1 = invstd if weight is None else invstd * weight.to(cd)
+            k2 = -k1 * invstd * invstd * sum_dy_xmu / n
+            k3 = -k1 * sum_dy / n
+            # dx = mask * (k1 * dy + k2 * t + k3), written into t's buffer.
+            torch.addcmul(k3.view(1, c, 1), t, k2.view(1, c, 1), out=t)
+            t.addcmul_(dy, k1.view(1, c, 1))
+            if mf is not None:
+                t.mul_(mf)
+            dx = t.to(x.dtype)
+        if weight is not None and grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(ctx.bias_dtype)
+        return dx, None, grad_weight, grad_bias, None, None
+
+
+def masked_batch_norm_reference(
+    x: Tensor, mask: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Training-mode masked batch norm as plain differentiable tensor ops.
+
+    The form :func:`masked_batch_norm` compiles for its fused path (``torch.compile``
+    turns it into a few fused reduction and elementwise kernels, forward and backward).
+    Also a readable statement of the semantics: two-pass statistics over the real
+    positions, zero output at padding.
+
+    Args:
+        x: ``(B, C, L)`` floating tensor (half / bfloat16 are computed in float32).
+        mask: ``(B, 1, L)`` bool or None.
+        weight, bias: ``(C,)`` or None.
+
+    Returns:
+        ``(y, mean, var)``: ``y`` like ``x`` (zero at padding), per-channel mean and
+        biased variance ``(C,)`` in the compute dtype. An all-padding batch gives
+        ``y = 0``, mean 0 and var 0.
+    """
+    cd = _compute_dtype(x.dtype)
+    xf = x.to(cd)
+    if mask is None:
+        n = torch.tensor(float(x.shape[0] * x.shape[2]), dtype=cd, device=x.device)
+        x0 = xf
+    else:
+        n = mask.sum(dtype=cd)
+        x0 = torch.where(mask, xf, 0)
+    n1 = n.clamp_min(1)
+    mean = x0.sum(dim=(0, 2)) / n1
+    centred = xf - mean.view(1, -1, 1)
+    if mask is not None:
+        centred = torch.where(mask, centred, 0)
+    var = (centred * centred).sum(dim=(0, 2)) / n1
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.to(cd)
+    y = centred * scale.view(1, -1, 1)
+    if bias is not None:
+        y = y + bias.to(cd).view(1, -1, 1)
+    if mask is not None:
+        y = torch.where(mask, y, 0)
+    return y.to(x.dtype), mean.detach(), var.detach()
+
+
+def _fused_forward_math(
+    x: Tensor, mask: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Forward of the fused path (compiled): two reduction passes and one elementwise."""
+    cd = _compute_dtype(x.dtype)
+    xf = x.to(cd)
+    n1 = mask.sum(dtype=cd).clamp_min(1)
+    mean = torch.where(mask, xf, 0).sum(dim=(0, 2)) / n1
+    centred = torch.where(mask, xf - mean.view(1, -1, 1), 0)
+    var = (centred * centred).sum(dim=(0, 2)) / n1
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight.to(cd)
+    y = centred * scale.view(1, -1, 1)
+    if bias is not None:
+        y = y + bias.to(cd).view(1, -1, 1)
+    y = torch.where(mask, y, 0)
+    return y.to(x.dtype), mean, var, invstd
+
+
+def _fused_backward_math(
+    dy: Tensor, x: Tensor, mask: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of the fused path (compiled): one reduction pass and one elementwise."""
+    cd = mean.dtype
+    n1 = mask.sum(dtype=cd).clamp_min(1)
+    centred = torch.where(mask, x.to(cd) - mean.view(1, -1, 1), 0)
+    g = torch.where(mask, dy.to(cd), 0)
+    sum_dy = g.sum(dim=(0, 2))
+    sum_dy_xmu = (g * centred).sum(dim=(0, 2))
+    k1 = invstd if weight is None else invstd * weight.to(cd)
+    k2 = k1 * invstd * invstd * sum_dy_xmu / n1
+    dx = g * k1.view(1, -1, 1) - (k1 * sum_dy / n1).view(1, -1, 1) - centred * k2.view(1, -1, 1)
+    dx = torch.where(mask, dx, 0)
+    return dx.to(x.dtype), sum_dy_xmu * invstd, sum_dy
+
+
+_compiled: dict[str, object] = {}
+
+
+def _compiled_fn(name: str) -> object:
+    fn = _compiled.get(name)
+    if fn is None:
+        target = _fused_forward_math if name == "forward" else _fused_backward_math
+        fn = _compiled[name] = torch.compile(target)
+    return fn
+
+
+class _FusedMaskedBatchNormTrain(torch.autograd.Function):
+    """The fused path: forward and backward are each one ``torch.compile``-d graph."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        mask: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        count = int(mask.sum(dtype=torch.int64))
+        _verify_count(count, x)
+        with torch.autocast(x.device.type, enabled=False):
+            y, mean, var, invstd = _compiled_fn("forward")(x, mask, weight, bias, eps)  # type: ignore[operator]
+        ctx.save_for_backward(x, mask, weight, mean, invstd)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        count_out = torch.tensor(count, dtype=torch.int64, device=x.device)
+        ctx.mark_non_differentiable(mean, var, count_out)
+        return y, mean, var, count_out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, dy: Tensor, *_: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, mask, weight, mean, invstd = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            dx, grad_weight, grad_bias = _compiled_fn("backward")(dy, x, mask, weight, mean, invstd)  # type: ignore[operator]
+        return (
+            dx,
+            None,
+            None if weight is None else grad_weight.to(weight.dtype),
+            None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype),
+            None,
+        )
+
+
+def _fused_train(
+    x: Tensor, mask: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if mask is None:
+        mask = torch.ones(x.shape[0], 1, x.shape[2], dtype=torch.bool, device=x.device)
+    return _FusedMaskedBatchNormTrain.apply(x, mask, weight, bias, eps)
+
+
+def _update_running_stats(
+    running_mean: Tensor,
+    running_var: Tensor,
+    num_batches_tracked: Tensor | None,
+    mean: Tensor,
+    var: Tensor,
+    count: Tensor,
+    momentum: float | None,
+) -> None:
+    """Exponential (or, with ``momentum=None``, cumulative) update from one batch.
+
+    ``running_var`` receives the unbiased variance ``var * n / (n - 1)``. A batch with
+    no real positions changes nothing, ``num_batches_tracked`` included. Tensor ops
+    only, so no host synchronisation on accelerators.
+    """
+    with torch.no_grad():
+        n = count.to(mean.dtype)
+        has = (count > 0).to(mean.dtype)
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_((count > 0).to(num_batches_tracked.dtype))
+        if momentum is None:
+            if num_batches_tracked is None:
+                raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+            factor = 1.0 / num_batches_tracked.to(mean.dtype).clamp_min(1)
+        else:
+            factor = torch.tensor(momentum, dtype=mean.dtype, device=mean.device)
+        factor = factor * has
+        unbiased = var * n / (n - 1).clamp_min(1)
+        running_mean.lerp_(mean.to(running_mean.dtype), factor.to(running_mean.dtype))
+        running_var.lerp_(unbiased.to(running_var.dtype), factor.to(running_var.dtype))
+
+
+def masked_batch_norm(
+    x: Tensor,
+    mask: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    *,
+    num_batches_tracked: Tensor | None = None,
+    process_group: object | None = None,
+    fused: bool = False,
+) -> Tensor:
+    """Batch normalisation over the real positions only.
+
+    Training (or no running statistics): each channel is normalised with the mean and
+    biased variance of its real positions; ``running_mean`` / ``running_var`` (if given)
+    move towards the batch mean and *unbiased* variance by ``momentum``, or by the
+    cumulative factor ``1 / num_batches_tracked`` when ``momentum`` is None. A batch with
+    no real positions gives zeros and leaves the running statistics untouched; exactly
+    one real position raises ``ValueError`` as :func:`torch.nn.functional.batch_norm`
+    does. Evaluation with running statistics: ``(x - running_mean) / sqrt(running_var +
+    eps) * weight + bias`` at real positions. The output is zero at padded positions and
+    no gradient reaches padded inputs.
+
+    Args:
+        x: ``(B, C, L)`` or ``(B, C)`` floating tensor.
+        mask: anything :func:`seqpad.masks.as_mask` accepts, or None (no padding).
+        running_mean, running_var: ``(C,)`` buffers updated in place, or None.
+        weight, bias: ``(C,)`` affine parameters or None.
+        num_batches_tracked: 0-d long buffer, incremented per non-empty training batch.
+        process_group: synchronise training statistics across the ranks of this
+            ``torch.distributed`` group (every rank must call); None for local stats.
+        fused: use the ``torch.compile``-d form (:func:`masked_batch_norm_reference`).
+
+    Returns:
+        Tensor shaped and typed like ``x``; statistics accumulate in float32 for
+        half / bfloat16 inputs (also under ``torch.autocast``).
+    """
+    if x.dim() not in (2, 3):
+        raise ValueError(f"expected 2D or 3D input (B, C) / (B, C, L), got {x.dim()}D input")
+    m = as_mask(mask, x)
+    squeeze = x.dim() == 2
+    if squeeze:
+        x = x.unsqueeze(-1)
+        m = None if m is None else m.unsqueeze(-1)
+    use_batch_stats = training or running_mean is None or running_var is None
+    if use_batch_stats:
+        if fused and process_group is None:
+            y, mean, var, count = _fused_train(x, m, weight, bias, eps)
+        else:
+            y, mean, var, count = _MaskedBatchNormTrain.apply(
+                x, m, weight, bias, eps, process_group
+            )
+        if training and running_mean is not None and running_var is not None:
+            _update_running_stats(
+                running_mean, running_var, num_batches_tracked, mean, var, count, momentum
+            )
+    else:
+        y = F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+        if m is not None:
+            y = y.masked_fill(~m, 0)
+    return y.squeeze(-1) if squeeze else y

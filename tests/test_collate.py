@@ -136,6 +136,8 @@ def test_ids_containing_pad_still_get_the_mask_from_lengths():
     ids = np.array([5, 0, 6, 0], dtype=np.uint8)
     batch = Collator(TOK)([ids, np.array([7], dtype=np.uint8)])
     check(batch, *reference(TOK, [ids.tolist(), [7]]))
+    batch = Collator(TOK)(["MK", torch.tensor([0, 0, 5, 0])])  # mixed kinds, general path
+    check(batch, *reference(TOK, ["MK", [0, 0, 5, 0]]))
 
 
 def test_bad_items_raise_clear_errors():

@@ -43,7 +43,7 @@ class TokenBudgetBatchSampler:
     batches (a batch starting at a sequence of length ``n`` takes
     ``min(max_tokens // n, max_batch_size)`` sequences, since the first is the longest);
     finally shuffle the order of all batches. Pools keep the length spread inside a batch
-    small (padding waste ~1-2% on real proteomes at ``max_tokens=16384``) while the batch
+    small (padding waste about 2% on real proteomes at ``max_tokens=16384``) while the batch
     composition still changes from epoch to epoch. With ``shuffle=False`` the whole data
     set is one pool, sorted by length (longest first, ties by index), and the batches come
     in that order, the same every epoch.

@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from seqpad.fasta import FastaFormatError, FastaReader, read_fasta
-from seqpad.store import StoreError, TokenizedDataset, check_output, write_store
+from seqpad.store import StoreError, StoreReader, check_output, write_store
 from seqpad.tokenizer import Tokenizer, UnknownSymbolError
 
 __all__ = ["cli", "main"]
@@ -262,7 +262,7 @@ class _nullcontext:
               help="Histogram rows.")
 def info(store: str, bins: int) -> None:
     """Summarise a store: records, residues, lengths, and a length histogram."""
-    ds = TokenizedDataset(store)
+    ds = StoreReader(store)
     click.echo(f"store     {store}")
     click.echo(f"format    seqpad-store v{ds.meta['format_version']}, "
                f"{ds.tokenizer!r}, bos={ds.add_bos}, eos={ds.add_eos}")

@@ -18,7 +18,7 @@ import itertools
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
@@ -325,10 +325,3 @@ def read_fasta(path: str | os.PathLike[str], *, full_title: bool = False) -> Fas
     """
     return FastaReader(path, full_title=full_title)
 
-
-def iter_fasta_files(paths: Iterable[str | os.PathLike[str]], *,
-                     full_title: bool = False) -> Iterator[tuple[str, str]]:
-    """Records of several files in order (a convenience over :func:`read_fasta`)."""
-    for p in paths:
-        with read_fasta(p, full_title=full_title) as reader:
-            yield from reader

@@ -25,11 +25,10 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch.utils.data
 
 from seqpad.alphabet import BOS_ID, EOS_ID
 from seqpad.tokenizer import IDS_DTYPE, Tokenizer, UnknownSymbolError
@@ -38,6 +37,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "StoreError",
+    "StoreReader",
     "StoreSummary",
     "TokenizedDataset",
     "write_store",
@@ -559,8 +559,12 @@ def _load(path: Path, name: str, descr: str, n: int) -> npt.NDArray[Any]:
     return arr
 
 
-class TokenizedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """A store written by :func:`write_store` / ``seqpad tokenize``, as a Dataset.
+class StoreReader:
+    """A store written by :func:`write_store` / ``seqpad tokenize`` (torch-free).
+
+    :class:`TokenizedDataset` is this plus ``torch.utils.data.Dataset``; use it with
+    PyTorch. This base exists so that ``seqpad info`` / ``seqpad tokenize`` need not
+    import torch.
 
     ``ds[i]`` is the 1-D ``uint8`` ids of record i (a read-only view into the
     memory-mapped file, O(1)); with ``with_names=True`` it is ``(name, ids)``.
@@ -680,5 +684,50 @@ class TokenizedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return summarize_lengths(residues, s)
 
     def __repr__(self) -> str:
-        return (f"TokenizedDataset({str(self.path)!r}, records={self._n}, "
+        return (f"{type(self).__name__}({str(self.path)!r}, records={self._n}, "
                 f"tokens={self.meta['n_tokens']}, tokenizer={self.tokenizer!r})")
+
+
+def _dataset_class() -> type:
+    import torch.utils.data
+
+    class TokenizedDataset(StoreReader, torch.utils.data.Dataset):  # type: ignore[type-arg]
+        __doc__ = _DATASET_DOC
+
+    TokenizedDataset.__module__ = __name__
+    TokenizedDataset.__qualname__ = "TokenizedDataset"
+    return TokenizedDataset
+
+
+_DATASET_DOC = """A store written by :func:`write_store` / ``seqpad tokenize``, as a
+``torch.utils.data.Dataset``.
+
+``ds[i]`` is the 1-D ``uint8`` ids of record i (a read-only view into the
+memory-mapped file, O(1)); with ``with_names=True`` it is ``(name, ids)``.
+Opening reads only ``meta.json`` and the arrays' headers. The dataset pickles
+without its memory maps (DataLoader workers reopen them lazily).
+
+Args:
+    path: the store directory.
+    with_names: make ``ds[i]`` return ``(name, ids)``.
+
+Attributes:
+    names: list of record names; lengths: ``(N,)`` int64 ids per record (bos/eos
+    included); tokenizer: the :class:`~seqpad.tokenizer.Tokenizer` it was written with;
+    add_bos / add_eos; meta: the parsed ``meta.json``.
+"""
+
+if TYPE_CHECKING:
+    import torch.utils.data
+
+    class TokenizedDataset(StoreReader, torch.utils.data.Dataset):  # type: ignore[type-arg]
+        ...
+else:
+    def __getattr__(name: str) -> Any:
+        # Created on first use, so that importing seqpad.store (and the CLI) does not
+        # import torch; ``from seqpad.store import TokenizedDataset`` works as usual.
+        if name == "TokenizedDataset":
+            cls = _dataset_class()
+            globals()["TokenizedDataset"] = cls
+            return cls
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

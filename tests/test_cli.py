@@ -157,3 +157,17 @@ def test_real_subprocess(tmp_path: Path) -> None:
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(os.listdir(tmp_path)) == ["s"]
+
+
+def test_cli_and_store_modules_do_not_import_torch() -> None:
+    # Start-up time of `seqpad tokenize` matters for its throughput; torch is only needed
+    # once a TokenizedDataset is used. (Loaded without seqpad/__init__, which imports all.)
+    code = (
+        "import sys, types; pkg = types.ModuleType('seqpad'); "
+        f"pkg.__path__ = [{str(ROOT / 'seqpad')!r}]; sys.modules['seqpad'] = pkg; "
+        "import seqpad.cli, seqpad.store, seqpad.fasta; assert 'torch' not in sys.modules; "
+        "from seqpad.store import TokenizedDataset; import torch.utils.data; "
+        "assert issubclass(TokenizedDataset, torch.utils.data.Dataset)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr

@@ -165,9 +165,7 @@ def test_cli_and_store_modules_do_not_import_torch() -> None:
     code = (
         "import sys, types; pkg = types.ModuleType('seqpad'); "
         f"pkg.__path__ = [{str(ROOT / 'seqpad')!r}]; sys.modules['seqpad'] = pkg; "
-        "import seqpad.cli, seqpad.store, seqpad.fasta; assert 'torch' not in sys.modules; "
-        "from seqpad.store import TokenizedDataset; import torch.utils.data; "
-        "assert issubclass(TokenizedDataset, torch.utils.data.Dataset)"
+        "import seqpad.cli, seqpad.store, seqpad.fasta; assert 'torch' not in sys.modules"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

@@ -134,6 +134,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="sampler epochs averaged for waste")
     ap.add_argument("--sortish-buckets", type=int, nargs="+", default=[100, 1000],
                     help="SortishSampler bucket sizes to show")
+    ap.add_argument("--seqpad-pool-sizes", type=int, nargs="*", default=[],
+                    help="also show seqpad's sampler with these pool_size values "
+                         "(its sortish pools, in batches; the default is the sampler's own)")
     ap.add_argument("--quick", action="store_true", help="E. coli only, 1 repeat, short runs")
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -150,7 +153,7 @@ def main() -> None:
 
     proteomes = find_proteomes()
     if args.quick:
-        proteomes, args.repeats, args.min_time, args.epochs = proteomes[:1], 1, 0.1, 1
+        proteomes, args.repeats, args.min_time, args.epochs = proteomes[:1], 1, 0.1, 2
     args.work.mkdir(parents=True, exist_ok=True)
     print("proteomes used:\n" + "\n".join(f"  {p}" for p in proteomes))
 
@@ -160,7 +163,7 @@ def main() -> None:
     esm_convert = esm.data.Alphabet.from_architecture("ESM-1b").get_batch_converter()
     sm_collate = SimpleCollater(PROTEIN_ALPHABET, pad=True)
 
-    tput_rows, waste_rows, nb_rows = [], [], []
+    tput_rows, waste_rows, nb_rows, rep_rows = [], [], [], []
     out: dict[str, Any] = {"machine": machine_note(), "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     for path in proteomes:
@@ -222,12 +225,19 @@ def main() -> None:
             sampler.set_epoch(e)
             plans["seqpad (shuffled)"].append([list(map(int, b)) for b in sampler])
             plans["random"].append(random_batches(lengths, args.max_tokens, seed=e))
+        for pool in args.seqpad_pool_sizes:
+            other = TokenBudgetBatchSampler(lengths, args.max_tokens, shuffle=True, seed=0,
+                                            pool_size=pool)
+            plans[f"seqpad pool_size={pool}"] = []
+            for e in range(args.epochs):
+                other.set_epoch(e)
+                plans[f"seqpad pool_size={pool}"].append([list(map(int, b)) for b in other])
         fasta_ds = esm.data.FastaBatchedDataset(names, seqs)
         plans["fair-esm (sorted, fixed)"] = [fasta_ds.get_batch_indices(args.max_tokens, 0)]
         for bucket in args.sortish_buckets:
             plans[f"sortish b={bucket}"] = [
                 sortish_batches(lengths, args.max_tokens, bucket, e) for e in range(args.epochs)]
-        wrow, nrow = [name], [name]
+        wrow, nrow, rrow = [name], [name], [name]
         w_out = {}
         for label, epochs in plans.items():
             for bs in epochs:
@@ -238,10 +248,15 @@ def main() -> None:
             flag = "" if biggest <= args.max_tokens else " (over budget!)"
             wrow.append(f"{100 * w:.2f}%{flag}")
             nrow.append(f"{np.mean([len(bs) for bs in epochs]):.0f}")
+            # how shuffled: share of the next epoch's batches that repeat this epoch's
+            nxt = epochs[1] if len(epochs) > 1 else epochs[0]  # fair-esm: fixed batches
+            same = len({frozenset(b) for b in epochs[0]} & {frozenset(b) for b in nxt})
+            rrow.append(f"{100 * same / len(nxt):.0f}%")
             w_out[label] = {"waste": w, "batches": [len(bs) for bs in epochs],
                             "largest_padded": biggest}
         waste_rows.append(wrow)
         nb_rows.append(nrow)
+        rep_rows.append(rrow)
         out[name] = {"collate_mres_s": med, "collate_samples": speeds, "waste": w_out,
                      "records": len(seqs), "residues": int(lengths.sum())}
         print(f"  {name}: done", flush=True)
@@ -257,6 +272,8 @@ def main() -> None:
     print(table(["proteome", *labels], waste_rows))
     print("\nbatches per epoch:\n")
     print(table(["proteome", *labels], nb_rows))
+    print("\nbatches of epoch 1 that repeat a batch of epoch 0 (0% = fully reshuffled):\n")
+    print(table(["proteome", *labels], rep_rows))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

@@ -271,8 +271,8 @@ class _Writer:
         self.summary = StoreSummary(skipped=dict.fromkeys(SKIP_REASONS, 0))
         self.stats = _LengthStats()
 
-    def write_batch(self, names: list[str], seqs: list[Any], batch_start: int,
-                    skipped_at: list[int]) -> None:
+    def write_batch(self, names: list[str], seqs: list[Any], seq_lens: list[int],
+                    batch_start: int, skipped_at: list[int]) -> None:
         tok = self.tok
         body: npt.NDArray[np.uint8] | None = None
         lens: npt.NDArray[np.int64] | None = None
@@ -292,7 +292,7 @@ class _Writer:
                 body = None
             else:
                 body = np.frombuffer(translated, dtype=IDS_DTYPE)
-                lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+                lens = np.array(seq_lens, dtype=np.int64)
         if body is None:  # some record has a symbol outside the alphabet: find it
             kept_names, kept_arrays = [], []
             for k, (name, seq) in enumerate(zip(names, seqs, strict=True)):
@@ -438,6 +438,7 @@ def write_store(
         skipped = writer.summary.skipped
         names: list[str] = []
         seqs: list[Any] = []
+        lens: list[int] = []
         batch_start = 0  # index in ``records`` of the batch's first record
         skipped_at: list[int] = []  # batch-relative indices of records skipped here
         pending = 0
@@ -453,15 +454,16 @@ def write_store(
                 continue
             names.append(name)
             seqs.append(seq)
+            lens.append(n)
             pending += n
             if pending >= batch_residues:
                 seen = batch_start + len(names) + len(skipped_at)
-                writer.write_batch(names, seqs, batch_start, skipped_at)
-                names, seqs, skipped_at, pending, batch_start = [], [], [], 0, seen
+                writer.write_batch(names, seqs, lens, batch_start, skipped_at)
+                names, seqs, lens, skipped_at, pending, batch_start = [], [], [], [], 0, seen
                 if progress is not None:
                     progress(seen)
         seen = batch_start + len(names) + len(skipped_at)
-        writer.write_batch(names, seqs, batch_start, skipped_at)
+        writer.write_batch(names, seqs, lens, batch_start, skipped_at)
         if progress is not None:
             progress(seen)
         meta: dict[str, Any] = {

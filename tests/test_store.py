@@ -320,3 +320,14 @@ def test_summary_str_lists_reasons() -> None:
     assert "skipped           2" in text and "too_long        2" in text
     assert "5 / 10.5 / 15" in text
     assert io.StringIO(text).read().count("\n") == 4
+
+
+def test_non_utf8_header_bytes_are_stored_unchanged(tmp_path: Path) -> None:
+    # A Latin-1 header (e.g. "Müller"): not valid UTF-8, but names must not be altered.
+    src = tmp_path / "latin1.fa"
+    src.write_bytes(b">M\xfcller_1 desc\nACGT\n>plain\nGG\n")
+    write_store(tmp_path / "s", read_fasta(src), Tokenizer("dna"))
+    raw = np.load(tmp_path / "s" / "names.npy")
+    assert raw.tobytes() == b"M\xfcller_1plain"
+    assert TokenizedDataset(tmp_path / "s").names[0].encode("utf-8", "surrogateescape") == \
+        b"M\xfcller_1"

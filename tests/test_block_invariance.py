@@ -292,3 +292,63 @@ def test_compile_rnn(fresh_dynamo, cls) -> None:
     out.square().sum().backward()
     assert torch.equal(x.grad.masked_fill(mask, 0), torch.zeros_like(x.grad))
     assert x.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ CUDA
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_cuda_matches_cpu_and_is_padding_invariant(name: str) -> None:
+    """On the GPU (cuDNN for conv/RNN, TF32 off): CPU numbers, per-sequence invariance."""
+    factory, ids, pooled = BLOCKS[name]
+    torch.manual_seed(0)
+    block = factory().eval()
+    lengths = [13, 0, 5, 1, 9, 13]
+    x, mask = _inputs(lengths, 17, ids, 0)
+    ref = block(x, mask)
+    gpu = block.cuda()
+    xc, mc = x.cuda(), mask.cuda()
+    if not ids:
+        xc.requires_grad_(True)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        out = gpu(xc, mc)
+        torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
+        if not pooled:
+            assert torch.equal(out.masked_fill(mc, 0), torch.zeros_like(out))
+        for b, n in enumerate(lengths):
+            if n == 0:
+                continue
+            alone = gpu(_real(xc.detach(), b, n, ids))[0]
+            torch.testing.assert_close(out[b] if pooled else out[b, :, :n], alone,
+                                       rtol=1e-5, atol=1e-5)
+        if not ids:  # cuDNN's RNN backward needs train mode (dropout then applies)
+            gpu.train()
+            gpu(xc, mc).square().sum().backward()
+            gpu.eval()
+            grad = torch.zeros_like(xc) if xc.grad is None else xc.grad
+            assert torch.equal(grad.masked_fill(mc, 0), torch.zeros_like(grad))
+            assert grad.abs().sum() > 0
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            inp = xc.detach().bfloat16() if pooled and not isinstance(block, RNNState) else xc
+            low = gpu(inp, mc)
+        assert torch.isfinite(low).all()
+        if not pooled:
+            assert torch.equal(low.masked_fill(mc, 0), torch.zeros_like(low))
+        scale = ref.abs().amax().clamp_min(1.0)
+        torch.testing.assert_close(low.float().cpu() / scale, ref / scale, rtol=0, atol=3e-2)
+
+
+@cuda
+@pytest.mark.parametrize("cls", [MaskedLSTM, MaskedGRU], ids=["lstm", "gru"])
+def test_cuda_rnn_edge_cases(cls) -> None:
+    rnn = cls(C_IN, 3, 2, bidirectional=True).cuda()
+    x = torch.randn(2, C_IN, 5, device="cuda")
+    holes = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0]], dtype=torch.bool, device="cuda")
+    with pytest.raises(ValueError, match="row 1 is not a right-padded prefix"):
+        rnn(x, holes)
+    out, state = rnn(x, lengths_to_mask([0, 0], 5).cuda(), return_state=True)
+    assert torch.equal(out, torch.zeros_like(out))
+    h = state[0] if isinstance(state, tuple) else state
+    assert h.is_cuda and torch.equal(h, torch.zeros(4, 2, 3, device="cuda"))

@@ -132,8 +132,10 @@ def _unknown_message(e: UnknownSymbolError, inputs: _Inputs, alphabet: str) -> s
     if e.record is not None:
         parts.append(f"record {e.record!r}")
     parts.append(f"position {e.position}")
-    parts.append(f"symbol {e.symbol!r} is not in the {alphabet} alphabet"
-                 + _symbol_hint(e.symbol, alphabet))
+    sym = e.symbol
+    shown = f"byte 0x{ord(sym) - 0xDC00:02x} (not UTF-8 text)" if "\udc80" <= sym <= "\udcff" \
+        else f"symbol {sym!r}"
+    parts.append(f"{shown} is not in the {alphabet} alphabet" + _symbol_hint(sym, alphabet))
     return ": ".join(parts)
 
 

@@ -169,3 +169,11 @@ def test_cli_and_store_modules_do_not_import_torch() -> None:
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
+
+
+def test_non_utf8_byte_in_sequence_is_shown_as_a_byte(tmp_path: Path) -> None:
+    src = tmp_path / "l1.fa"
+    src.write_bytes(b">a\nACGT\nAC\xe9GT\n")
+    r = run("tokenize", src, "-o", tmp_path / "s", "--alphabet", "dna")
+    assert r.exit_code == 1
+    assert f"{src}: line 3: record 'a': position 7: byte 0xe9 (not UTF-8 text)" in r.stderr

@@ -4,23 +4,43 @@ FASTA -> :class:`Tokenizer` -> tokenized store (:class:`TokenizedDataset`) ->
 :class:`TokenBudgetBatchSampler` -> :class:`Collator` (:class:`Batch`: ids ``(B, L)``,
 mask ``(B, 1, L)``, lengths) -> masked layers in :mod:`seqpad.nn` -> models in
 :mod:`seqpad.models`.
+
+Names are imported lazily on first use, so ``seqpad tokenize`` and other torch-free
+paths (FASTA, tokenizer, store) start without importing PyTorch.
 """
 
-from seqpad.alphabet import Alphabet, get_alphabet
-from seqpad.collate import Batch, Collator
-from seqpad.fasta import FastaFormatError, read_fasta
-from seqpad.masks import as_mask, lengths_to_mask, mask_to_lengths
-from seqpad.samplers import TokenBudgetBatchSampler
-from seqpad.store import TokenizedDataset
-from seqpad.tokenizer import Tokenizer, UnknownSymbolError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "Alphabet": "seqpad.alphabet",
+    "get_alphabet": "seqpad.alphabet",
+    "Tokenizer": "seqpad.tokenizer",
+    "UnknownSymbolError": "seqpad.tokenizer",
+    "FastaFormatError": "seqpad.fasta",
+    "read_fasta": "seqpad.fasta",
+    "StoreError": "seqpad.store",
+    "TokenizedDataset": "seqpad.store",
+    "write_store": "seqpad.store",
+    "Batch": "seqpad.collate",
+    "Collator": "seqpad.collate",
+    "TokenBudgetBatchSampler": "seqpad.samplers",
+    "as_mask": "seqpad.masks",
+    "lengths_to_mask": "seqpad.masks",
+    "mask_to_lengths": "seqpad.masks",
+}
 
 __all__ = [
     "Alphabet",
     "Batch",
     "Collator",
     "FastaFormatError",
+    "StoreError",
     "TokenBudgetBatchSampler",
     "TokenizedDataset",
     "Tokenizer",
@@ -31,4 +51,29 @@ __all__ = [
     "lengths_to_mask",
     "mask_to_lengths",
     "read_fasta",
+    "write_store",
 ]
+
+if TYPE_CHECKING:
+    from seqpad.alphabet import Alphabet, get_alphabet
+    from seqpad.collate import Batch, Collator
+    from seqpad.fasta import FastaFormatError, read_fasta
+    from seqpad.masks import as_mask, lengths_to_mask, mask_to_lengths
+    from seqpad.samplers import TokenBudgetBatchSampler
+    from seqpad.store import StoreError, TokenizedDataset, write_store
+    from seqpad.tokenizer import Tokenizer, UnknownSymbolError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        if name in ("nn", "models"):
+            return importlib.import_module(f"seqpad.{name}")
+        raise AttributeError(f"module 'seqpad' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -43,6 +43,10 @@ def test_matches_native_per_sequence(cls, native_cls, layers: int, bidir: bool) 
     mask = lengths_to_mask(lengths, L)
     x = torch.randn(len(lengths), 5, L).masked_fill(~mask, float("nan"))
     out, state = rnn(x, mask, return_state=True)
+    # LSTM: return_state packs, the plain call runs per direction; both must hold.
+    plain = rnn(x, mask)
+    torch.testing.assert_close(plain, out, rtol=1e-5, atol=1e-5)
+    assert torch.equal(plain.masked_fill(mask, 0), torch.zeros_like(plain))
     dirs = 2 if bidir else 1
     assert out.shape == (len(lengths), 4 * dirs, L)
     assert not out.isnan().any()
@@ -58,6 +62,22 @@ def test_matches_native_per_sequence(cls, native_cls, layers: int, bidir: bool) 
         torch.testing.assert_close(out[b, :, :n], ref[0].T, rtol=1e-5, atol=1e-5)
         for s, r in zip(_states(state), _states(ref_state), strict=True):
             torch.testing.assert_close(s[:, b], r[:, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("cls", "native_cls"), PAIRS, ids=IDS)
+def test_inter_layer_dropout_obeys_train_and_eval(cls, native_cls) -> None:
+    torch.manual_seed(4)
+    rnn = cls(3, 8, 3, bidirectional=True, dropout=0.5)
+    x = torch.randn(3, 3, 6)
+    mask = lengths_to_mask([6, 4, 1], 6)
+    ref = rnn.eval()(x, mask)
+    torch.testing.assert_close(rnn(x, mask), ref, rtol=0, atol=0)
+    rnn.train()
+    a, b = rnn(x, mask), rnn(x, mask)
+    assert not torch.allclose(a, ref) and not torch.allclose(a, b)
+    assert torch.equal(a.masked_fill(mask, 0), torch.zeros_like(a))
+    rnn.dropout = 0.0
+    torch.testing.assert_close(rnn(x, mask), ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(("cls", "native_cls"), PAIRS, ids=IDS)

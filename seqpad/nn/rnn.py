@@ -1,12 +1,25 @@
-"""Masked recurrent layers over ``(B, C, L)`` blocks, built on packed sequences.
+"""Masked recurrent layers over ``(B, C, L)`` blocks.
 
-Each sequence is packed to its true length, so the forward direction stops and the
-reverse direction starts at each sequence's true end: every sequence gets exactly what
-``nn.LSTM`` / ``nn.GRU`` with the same weights gives it alone and unpadded.
+Every sequence gets exactly what ``nn.LSTM`` / ``nn.GRU`` with the same weights gives it
+alone and unpadded: the forward direction stops and the reverse direction starts at each
+sequence's true end. Two exact ways to get there:
+
+* **per-direction native calls** (the default): padded inputs are zeroed, the forward
+  direction runs the native kernel over the padded batch (padding only follows the real
+  tokens, so real outputs are untouched), the reverse direction runs it over each
+  sequence reversed *within its length*, and the outputs are reversed back. Final
+  hidden states are read at each sequence's last real step. Inter-layer dropout draws
+  one number per real token, so it does not depend on the padding either.
+* **packed sequences** (``pack_padded_sequence(enforce_sorted=False)``), used for
+  ``MaskedLSTM(..., return_state=True)``, whose cell state ``c_n`` at the true end is
+  not visible in the outputs. Packed RNNs are much slower in PyTorch (per-step kernels
+  on CUDA; a backward pass quadratic in L on CPU, pytorch/pytorch#149194), hence not the
+  default.
 
 Masks must be right-padded prefixes (``mask[b, 0, t]`` True for ``t < length_b``, as
 :func:`seqpad.masks.lengths_to_mask` and the collator build them); a mask with holes or
-left padding cannot be packed and raises ``ValueError``.
+left padding raises ``ValueError`` (the check costs one host synchronisation on an
+accelerator and is skipped while ``torch.compile`` traces).
 
 Under ``torch.compile`` the packed path runs eagerly behind one graph break (packing
 needs the lengths on the host); the layers around it still compile.
@@ -18,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -28,6 +42,22 @@ __all__ = ["MaskedGRU", "MaskedLSTM"]
 State = Tensor | tuple[Tensor, Tensor]
 
 
+def _first_bad_row(m: Tensor, lengths: Tensor) -> Tensor:
+    """0-d long tensor: the first row of ``m`` that is not a right-padded prefix, or -1."""
+    positions = torch.arange(m.shape[-1], device=m.device)
+    bad = (m != (positions < lengths[:, None])).any(dim=-1)  # (B,)
+    none = torch.full((), -1, dtype=torch.long, device=m.device)
+    return torch.where(bad.any(), bad.long().argmax(), none) if len(bad) else none
+
+
+def _raise_bad_row(row: int) -> None:
+    if row >= 0:
+        raise ValueError(
+            f"mask row {row} is not a right-padded prefix (it has a hole or left padding); "
+            "masked RNNs need mask[b, 0, t] == (t < length_b), as lengths_to_mask builds it"
+        )
+
+
 def _prefix_lengths(mask: Tensor) -> Tensor:
     """Per-sequence lengths ``(B,)`` int64 on CPU of a right-padded ``(B, 1, L)`` mask.
 
@@ -36,17 +66,8 @@ def _prefix_lengths(mask: Tensor) -> Tensor:
     """
     m = mask[:, 0, :]
     lengths = m.sum(dim=-1, dtype=torch.long)
-    positions = torch.arange(m.shape[-1], device=m.device)
-    bad = (m != (positions < lengths[:, None])).any(dim=-1)  # (B,)
-    none = torch.full((), -1, dtype=torch.long, device=m.device)
-    first_bad = torch.where(bad.any(), bad.long().argmax(), none) if len(bad) else none
-    both = torch.cat([lengths, first_bad.reshape(1)]).cpu()
-    row = int(both[-1])
-    if row >= 0:
-        raise ValueError(
-            f"mask row {row} is not a right-padded prefix (it has a hole or left padding); "
-            "packed RNNs need mask[b, 0, t] == (t < length_b), as lengths_to_mask builds it"
-        )
+    both = torch.cat([lengths, _first_bad_row(m, lengths).reshape(1)]).cpu()
+    _raise_bad_row(int(both[-1]))
     return both[:-1]
 
 
@@ -79,7 +100,68 @@ def _masked_rnn_forward(
         out, state = native_forward(seq)
         out = out.transpose(1, 2)
         return (out, state) if return_state else out
-    return _packed_forward(rnn, native_forward, seq, m, return_state)
+    if return_state and isinstance(rnn, nn.LSTM):
+        return _packed_forward(rnn, native_forward, seq, m, return_state)
+    return _per_direction_forward(rnn, seq, m, return_state)
+
+
+def _layer_params(rnn: nn.RNNBase, layer: int, reverse: bool) -> list[Tensor]:
+    sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+    names = [f"weight_ih{sfx}", f"weight_hh{sfx}"]
+    if rnn.bias:
+        names += [f"bias_ih{sfx}", f"bias_hh{sfx}"]
+    return [getattr(rnn, n) for n in names]
+
+
+def _run_direction(rnn: nn.RNNBase, inp: Tensor, params: list[Tensor]) -> Tensor:
+    """One layer, one direction, native kernel, zero initial state: ``(B, L, H)``."""
+    h0 = inp.new_zeros(1, inp.shape[0], rnn.hidden_size)
+    if isinstance(rnn, nn.LSTM):
+        return torch.lstm(inp, (h0, h0), params, rnn.bias, 1, 0.0, rnn.training, False, True)[0]
+    return torch.gru(inp, h0, params, rnn.bias, 1, 0.0, rnn.training, False, True)[0]
+
+
+def _per_direction_forward(
+    rnn: nn.RNNBase, seq: Tensor, m: Tensor, return_state: bool
+) -> Tensor | tuple[Tensor, Tensor]:
+    B, L, _ = seq.shape
+    lengths = m[:, 0, :].sum(dim=-1, dtype=torch.long)  # (B,), on the device
+    if not torch.compiler.is_compiling():
+        _raise_bad_row(int(_first_bad_row(m[:, 0, :], lengths)))
+    dirs = 2 if rnn.bidirectional else 1
+    real = m.transpose(1, 2)  # (B, L, 1)
+    if L == 0:
+        anchor = (sum(p.sum() for p in rnn.parameters()) * 0).to(seq.dtype)
+        out = seq.new_zeros(B, rnn.hidden_size * dirs, 0) + anchor
+        h = seq.new_zeros(rnn.num_layers * dirs, B, rnn.hidden_size) + anchor
+        return (out, h) if return_state else out
+
+    # Reversal of each sequence within its length (an involution; padding stays put).
+    t = torch.arange(L, device=seq.device)
+    last = lengths[:, None] - 1
+    rev = torch.where(t < lengths[:, None], last - t, t)  # (B, L)
+    end = last.clamp_min(0)[:, :, None]  # (B, 1, 1): index of the last real step
+    empty = (lengths == 0)[:, None]  # (B, 1)
+
+    inp = seq.masked_fill(~real, 0)  # keeps padding finite: no NaN can flow back
+    finals: list[Tensor] = []
+    for layer in range(rnn.num_layers):
+        outs = []
+        for d in range(dirs):
+            x_in = inp if d == 0 else inp.gather(1, rev[:, :, None].expand_as(inp))
+            y = _run_direction(rnn, x_in, _layer_params(rnn, layer, reverse=d == 1))
+            if return_state:  # the state after the last real step (reversed: also at len-1)
+                h = y.gather(1, end.expand(B, 1, y.shape[-1])).squeeze(1)
+                finals.append(h.masked_fill(empty, 0))
+            outs.append(y if d == 0 else y.gather(1, rev[:, :, None].expand_as(y)))
+        inp = (torch.cat(outs, dim=-1) if dirs == 2 else outs[0]).masked_fill(~real, 0)
+        if rnn.training and rnn.dropout > 0 and layer < rnn.num_layers - 1:
+            # One draw per real token (not per padded slot): padding-independent dropout.
+            vals = inp.masked_select(real).reshape(-1, inp.shape[-1])
+            vals = F.dropout(vals, rnn.dropout, training=True)
+            inp = inp.masked_scatter(real, vals)
+    out = inp.transpose(1, 2)
+    return (out, torch.stack(finals)) if return_state else out
 
 
 # Packing is data-dependent (lengths go to the host): under torch.compile this part

@@ -182,16 +182,28 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+_UNIT_STATS: dict[tuple[torch.device, torch.dtype, int], tuple[Tensor, Tensor]] = {}
+
+
+def _zero_one(c: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Cached ``(zeros(C), ones(C))``: saves two tiny kernel launches per reduction."""
+    key = (device, dtype, c)
+    pair = _UNIT_STATS.get(key)
+    if pair is None or torch.compiler.is_compiling():
+        pair = (torch.zeros(c, dtype=dtype, device=device), torch.ones(c, dtype=dtype, device=device))
+        if len(_UNIT_STATS) < 64:
+            _UNIT_STATS[key] = pair
+    return pair
+
+
 def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
     """``sum over (B, L) of a * b`` per channel: ``(B, C, L) x (B, C, L) -> (C,)``.
 
     Uses the read-only reduction of ``native_batch_norm_backward`` (grad_weight with
     mean 0 and invstd 1), which is one fused pass and allocates nothing large.
     """
-    c = a.shape[1]
-    zero = torch.zeros(c, dtype=a.dtype, device=a.device)
-    one = torch.ones(c, dtype=a.dtype, device=a.device)
-    return _native_bn_backward(a, b, None, None, None, zero, one, True, 0.0, [False, True, False])[1]
+    zero, one = _zero_one(a.shape[1], a.dtype, a.device)
+    return _native_bn_backward(a, b, one, None, None, zero, one, True, 0.0, [False, True, False])[1]
 
 
 def _masked_channel_sum(x: Tensor, mf: Tensor | None) -> Tensor:
@@ -201,6 +213,8 @@ def _masked_channel_sum(x: Tensor, mf: Tensor | None) -> Tensor:
     """
     if mf is None:
         return x.sum(dim=(0, 2))
+    if x.shape[2] == 1:  # (B, C) input: one matrix-vector product (B,) @ (B, C)
+        return mf.reshape(1, -1).matmul(x.reshape(x.shape[0], -1)).squeeze(0)
     return torch.bmm(x, mf.transpose(1, 2)).sum(dim=0).squeeze(-1)
 
 
@@ -330,7 +344,7 @@ class _MaskedBatchNormTrain(torch.autograd.Function):
         ctx.count = count
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.process_group = process_group
-        count_out = torch.tensor(count, dtype=torch.int64, device=x.device)
+        count_out = torch.tensor(count, dtype=torch.int64)  # host-side: no device copy
         ctx.mark_non_differentiable(mean, var, count_out)
         return y.to(in_dtype), mean, var, count_out
 
@@ -490,7 +504,7 @@ class _FusedMaskedBatchNormTrain(torch.autograd.Function):
             y, mean, var, invstd = _compiled_fn("forward")(x, mask, weight, bias, eps)  # type: ignore[operator]
         ctx.save_for_backward(x, mask, weight, mean, invstd)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        count_out = torch.tensor(count, dtype=torch.int64, device=x.device)
+        count_out = torch.tensor(count, dtype=torch.int64)  # host-side: no device copy
         ctx.mark_non_differentiable(mean, var, count_out)
         return y, mean, var, count_out
 
@@ -525,30 +539,28 @@ def _update_running_stats(
     num_batches_tracked: Tensor | None,
     mean: Tensor,
     var: Tensor,
-    count: Tensor,
+    count: int,
     momentum: float | None,
 ) -> None:
     """Exponential (or, with ``momentum=None``, cumulative) update from one batch.
 
     ``running_var`` receives the unbiased variance ``var * n / (n - 1)``. A batch with
-    no real positions changes nothing, ``num_batches_tracked`` included. Tensor ops
-    only, so no host synchronisation on accelerators.
+    no real positions (``count == 0``) changes nothing, ``num_batches_tracked`` included.
     """
+    if count == 0:
+        return
     with torch.no_grad():
-        n = count.to(mean.dtype)
-        has = (count > 0).to(mean.dtype)
         if num_batches_tracked is not None:
-            num_batches_tracked.add_((count > 0).to(num_batches_tracked.dtype))
+            num_batches_tracked.add_(1)
         if momentum is None:
             if num_batches_tracked is None:
                 raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-            factor = 1.0 / num_batches_tracked.to(mean.dtype).clamp_min(1)
+            factor = 1.0 / float(num_batches_tracked)  # as nn.BatchNorm1d does
         else:
-            factor = torch.tensor(momentum, dtype=mean.dtype, device=mean.device)
-        factor = factor * has
-        unbiased = var * n / (n - 1).clamp_min(1)
-        running_mean.lerp_(mean.to(running_mean.dtype), factor.to(running_mean.dtype))
-        running_var.lerp_(unbiased.to(running_var.dtype), factor.to(running_var.dtype))
+            factor = momentum
+        unbiased = var * (count / max(count - 1, 1))
+        running_mean.lerp_(mean.to(running_mean.dtype), factor)
+        running_var.lerp_(unbiased.to(running_var.dtype), factor)
 
 
 def masked_batch_norm(
@@ -609,7 +621,7 @@ def masked_batch_norm(
             )
         if training and running_mean is not None and running_var is not None:
             _update_running_stats(
-                running_mean, running_var, num_batches_tracked, mean, var, count, momentum
+                running_mean, running_var, num_batches_tracked, mean, var, int(count), momentum
             )
     else:
         y = F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)

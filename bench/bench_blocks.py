@@ -5,7 +5,8 @@ step (forward + backward of ``out.square().mean()``) of
 
 * ``MaskedConv1d(C, C, 5)``           vs ``nn.Conv1d(C, C, 5, padding=2)`` (mask ignored)
 * ``MaskedConv1d(C, C, 4, causal)``   vs ``F.pad`` left + ``nn.Conv1d`` (mask ignored)
-* ``MaskedLSTM(C, H, bidirectional)`` vs ``nn.LSTM`` over the padded ``(B, L, C)`` batch
+* ``MaskedLSTM(C, H, bidirectional)`` vs ``nn.LSTM`` over the padded ``(B, L, C)`` batch;
+  also with ``return_state=True``, which packs the batch (``c_n`` at the true ends)
 * ``MaskedGRU(C, H, bidirectional)``  vs ``nn.GRU`` over the padded batch
 * ``MaskedMeanPool`` / ``MaskedMaxPool`` vs ``x.mean(-1)`` / ``x.amax(-1)``
 * ``MaskedEmbedding(V, C)``           vs ``nn.Embedding`` + ``transpose(1, 2)``
@@ -13,8 +14,9 @@ step (forward + backward of ``out.square().mean()``) of
 The native ops compute the *wrong* answer at and near padding (that is why the masked
 blocks exist); they are the speed floor. Lengths are those of real E. coli proteins
 (``data/UP000000625-E.coli.fasta.gz``), drawn at random per batch (no bucketing, so the
-batch carries realistic padding) and cropped to ``--max-len``. The RNN rows therefore
-also show what packing saves: the native RNN runs over every padded step.
+batch carries realistic padding) and cropped to ``--max-len``. The masked RNN runs the
+native kernel once per direction (the reverse one over each sequence reversed within its
+length); the packed row shows what PyTorch's packed RNNs cost instead.
 
 Run:  python bench/bench_blocks.py                      (CPU, small sizes)
       python bench/bench_blocks.py --device cuda --batch 64 --channels 256 --max-len 1024
@@ -121,6 +123,8 @@ def main() -> None:
                             lambda x, m, i: causal_n(F.pad(x, (3, 0)))),
         "bi-LSTM": (lambda x, m, i: lstm(x, m),
                     lambda x, m, i: lstm_n(x.transpose(1, 2))[0]),
+        "bi-LSTM, return_state (packed)": (lambda x, m, i: lstm(x, m, return_state=True)[0],
+                                           lambda x, m, i: lstm_n(x.transpose(1, 2))[0]),
         "bi-GRU": (lambda x, m, i: gru(x, m),
                    lambda x, m, i: gru_n(x.transpose(1, 2))[0]),
         "mean pool": (lambda x, m, i: mean(x, m), lambda x, m, i: x.mean(-1)),

@@ -27,6 +27,7 @@ needs the lengths on the host); the layers around it still compile.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,20 @@ def _layer_params(rnn: nn.RNNBase, layer: int, reverse: bool) -> list[Tensor]:
 def _run_direction(rnn: nn.RNNBase, inp: Tensor, params: list[Tensor]) -> Tensor:
     """One layer, one direction, native kernel, zero initial state: ``(B, L, H)``."""
     h0 = inp.new_zeros(1, inp.shape[0], rnn.hidden_size)
+    if inp.is_cuda:
+        # cuDNN copies one layer-direction's weights (a slice of the module's flat
+        # buffer) into a buffer of its own on each call and warns "call
+        # flatten_parameters()", which cannot help here: silence that warning only.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_CUDNN_WEIGHT_WARNING)
+            return _native_direction(rnn, inp, h0, params)
+    return _native_direction(rnn, inp, h0, params)
+
+
+_CUDNN_WEIGHT_WARNING = "RNN module weights are not part of single contiguous chunk"
+
+
+def _native_direction(rnn: nn.RNNBase, inp: Tensor, h0: Tensor, params: list[Tensor]) -> Tensor:
     if isinstance(rnn, nn.LSTM):
         return torch.lstm(inp, (h0, h0), params, rnn.bias, 1, 0.0, rnn.training, False, True)[0]
     return torch.gru(inp, h0, params, rnn.bias, 1, 0.0, rnn.training, False, True)[0]

@@ -191,9 +191,8 @@ def _packed_forward(
 ) -> Tensor | tuple[Tensor, State]:
     B, L, _ = seq.shape
     lengths = _prefix_lengths(m)
-    # With a mask, always pack (even when nothing is padded): the computation, and the
-    # inter-layer dropout draws in train mode, then do not depend on how much padding
-    # the batch got.
+    # Always pack (even when nothing is padded): the computation, and the inter-layer
+    # dropout draws in train mode, then do not depend on how much padding the batch got.
     keep = lengths > 0
     n_keep = int(keep.sum())
     if n_keep == 0:
@@ -229,7 +228,10 @@ def _packed_forward(
 
 
 class MaskedLSTM(nn.LSTM):
-    """``nn.LSTM`` over ``(B, C, L)`` blocks that packs each sequence to its true length.
+    """``nn.LSTM`` over ``(B, C, L)`` blocks; each sequence is run to its true length only.
+
+    Both directions see exactly the real tokens (the reverse one starts at each true end);
+    see the module docstring for how. ``return_state=True`` packs the batch (slower).
 
     Parameters and ``state_dict`` keys are exactly ``nn.LSTM``'s (``weight_ih_l0``,
     ``weight_hh_l0``, ``bias_ih_l0``, ..., ``_reverse`` for the backward direction), so
@@ -286,7 +288,10 @@ class MaskedLSTM(nn.LSTM):
 
 
 class MaskedGRU(nn.GRU):
-    """``nn.GRU`` over ``(B, C, L)`` blocks that packs each sequence to its true length.
+    """``nn.GRU`` over ``(B, C, L)`` blocks; each sequence is run to its true length only.
+
+    Both directions see exactly the real tokens (the reverse one starts at each true end);
+    see the module docstring for how.
 
     Parameters and ``state_dict`` keys are exactly ``nn.GRU``'s, so ``load_state_dict``
     works both ways. Always ``batch_first`` internally; the zero initial state is used.

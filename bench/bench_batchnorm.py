@@ -146,6 +146,8 @@ def main() -> None:
     ap.add_argument("--no-fused", dest="fused", action="store_false")
     ap.add_argument("--quick", action="store_true", help="small shapes, 3 repeats")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--shape", action="append", default=None, metavar="BxCxL",
+                    help="only these shapes (e.g. 64x256x512 or 8192x256; repeatable), float32")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,6 +163,8 @@ def main() -> None:
         cases += [((8192, 256), torch.float32), ((64, 256, 512), torch.bfloat16)]
         if args.device == "cuda":
             cases += [((64, 256, 512), torch.float16)]
+    if args.shape:
+        cases = [(tuple(int(v) for v in sh.split("x")), torch.float32) for sh in args.shape]
     names = ["eager", "fused", "seed-2020"] if args.fused else ["eager", "seed-2020"]
     print("# masked batch norm, fwd+bwd, ratio to nn.BatchNorm1d (unmasked, same tensor)")
     print(f"# device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "

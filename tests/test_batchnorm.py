@@ -268,6 +268,21 @@ def test_statistics_accurate_for_large_means():
     torch.testing.assert_close(_gather(y, mask).double(), y_ref, rtol=0, atol=5e-3)
 
 
+def test_merge_batch_stats_equals_pooled_float64():
+    """Chan's merge of per-group (count, mean, M2), an empty group included."""
+    gen = torch.Generator().manual_seed(11)
+    groups = [torch.randn(n, 3, generator=gen, dtype=torch.float64) * 2 + 1e4 for n in (5, 0, 9, 1)]
+    counts = torch.tensor([len(g) for g in groups], dtype=torch.float64)
+    means = torch.stack([g.mean(0) if len(g) else torch.zeros(3, dtype=torch.float64) for g in groups])
+    m2s = torch.stack([((g - g.mean(0)) ** 2).sum(0) if len(g) else torch.zeros(3, dtype=torch.float64)
+                       for g in groups])
+    n, mean, m2 = SF.merge_batch_stats(counts, means, m2s)
+    pooled = torch.cat(groups)
+    assert n.item() == len(pooled)
+    torch.testing.assert_close(mean, pooled.mean(0), rtol=1e-14, atol=0)
+    torch.testing.assert_close(m2, ((pooled - pooled.mean(0)) ** 2).sum(0), rtol=1e-9, atol=0)
+
+
 def test_gradcheck_float64_random_mask():
     gen = torch.Generator().manual_seed(6)
     mask = torch.rand(3, 1, 6, generator=gen) > 0.4

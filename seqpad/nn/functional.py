@@ -169,7 +169,8 @@ def masked_embedding(
 #   half of ``aten::native_batch_norm_backward`` (a fused, read-only per-channel dot
 #   product) -- two passes, never E[x^2] - E[x]^2 on raw data;
 # * the input gradient written in place into the centred buffer the forward pass saved,
-#   so fwd + bwd allocate one tensor more than native batch norm does.
+#   so fwd + bwd allocate as many large tensors as native batch norm (output and input
+#   gradient); everything else is in place or a read-only reduction.
 #
 # The count correction (n real positions instead of B * L) is applied by hand, and
 # several processes merge their (count, mean, M2) with Chan's parallel formula.

@@ -177,11 +177,6 @@ def test_arguments_and_repr() -> None:
         MaskedConv1d(4, 8, 3, dilation=0)
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="functional.masked_conv1d runs F.conv1d on an L = 0 input (reported)",
-)
 @pytest.mark.parametrize("k", [1, 3])
 def test_zero_length_batch(k: int) -> None:
     """A batch whose sequences are all empty collates to L = 0: output (B, C_out, 0)."""

@@ -71,6 +71,9 @@ def masked_max(x: Tensor, mask: Tensor | None = None) -> Tensor:
     m = as_mask(mask, x)
     if m is None:
         return x.amax(dim=-1)
+    if x.shape[-1] == 0:
+        # All sequences empty (L = 0): zeros, still connected to the graph.
+        return x.sum(dim=-1)
     filled = x.masked_fill(~m, float("-inf"))
     best = filled.amax(dim=-1)
     has_any = m.any(dim=-1)  # (B, 1)
@@ -120,6 +123,9 @@ def masked_conv1d(
     m = as_mask(mask, x)
     if m is not None:
         x = x.masked_fill(~m, 0)
+    if x.shape[-1] == 0:
+        # All sequences empty (L = 0): nothing to convolve; keep the graph connected.
+        return x.new_zeros((x.shape[0], weight.shape[0], 0)) + 0 * weight.sum()
     left, right = same_padding(weight.shape[-1], dilation, causal)
     if left == right:
         out = F.conv1d(x, weight, bias, stride=1, padding=left, dilation=dilation, groups=groups)

@@ -33,7 +33,6 @@ from seqpad.masks import as_mask
 from seqpad.nn.batchnorm import MaskedBatchNorm1d
 from seqpad.nn.conv import MaskedConv1d
 from seqpad.nn.embedding import MaskedEmbedding
-from seqpad.nn.functional import masked_fill_padding
 from seqpad.nn.pooling import MaskedMaxPool, MaskedMeanPool
 from seqpad.nn.rnn import MaskedGRU, MaskedLSTM
 
@@ -122,6 +121,20 @@ def _resolve_mask(tokens: Tensor, mask: Tensor | None, pad_id: int) -> Tensor:
     return m
 
 
+def _zero_padding(h: Tensor, mask: Tensor | None) -> Tensor:
+    """``h * mask``: zero a block's result at padding (``mask`` ``(B, 1, L)`` bool or None).
+
+    Inside the models the values being zeroed are finite (a 1x1 convolution's bias, or a
+    convolution of finite neighbours), so multiplying by the 0/1 mask is exact: real
+    positions are multiplied by 1, padded ones become 0 and get zero gradient. It is about
+    twice as fast as ``masked_fill`` (forward + backward, CPU). Real positions are never
+    read from padding either way.
+    """
+    if mask is None:
+        return h
+    return h * mask.to(h.dtype)
+
+
 # ---------------------------------------------------------------------- blocks
 class ByteNetBlock(nn.Module):
     """Pre-activation residual block with a dilated masked convolution (ByteNet).
@@ -184,7 +197,7 @@ class ByteNetBlock(nn.Module):
         h = self.conv(self.act(self.norm(h, m)))
         if self.bottleneck:
             h = self.conv_out(self.act_out(self.norm_out(h, m)))
-        return x + self.dropout(masked_fill_padding(h, m))
+        return x + self.dropout(_zero_padding(h, m))
 
 
 class ByteNetEncoder(nn.Module):
@@ -282,7 +295,7 @@ class TokenHead(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         # x comes from an encoder, zero at padding: no need to mask the 1x1 conv's input.
-        return masked_fill_padding(self.proj(self.dropout(x)), mask)
+        return _zero_padding(self.proj(self.dropout(x)), as_mask(mask, x))
 
 
 class PooledHead(nn.Module):

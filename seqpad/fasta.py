@@ -13,17 +13,56 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib
+import importlib.util
 import io
 import itertools
 import os
 import sys
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from Bio.SeqIO.FastaIO import SimpleFastaParser
-
 __all__ = ["FastaFormatError", "FastaReader", "read_fasta"]
+
+
+
+def _load_simple_fasta_parser() -> Callable[[Any], Iterator[tuple[str, str]]]:
+    """Biopython's :func:`Bio.SeqIO.FastaIO.SimpleFastaParser`, imported cheaply.
+
+    ``import Bio.SeqIO.FastaIO`` first runs ``Bio/SeqIO/__init__.py``, which imports
+    every SeqIO and AlignIO format (about 0.3 s, most of ``seqpad tokenize``'s
+    start-up), although the parser needs none of them.  When ``Bio.SeqIO`` is not
+    imported yet and no other thread runs, ``FastaIO`` is loaded from Biopython's own
+    file under a not-yet-executed ``Bio.SeqIO`` package shell, which is then removed
+    again from ``sys.modules`` so that a later ``import Bio.SeqIO`` is the complete,
+    normal one.  Anything unexpected falls back to the plain import.
+    """
+    if "Bio.SeqIO" not in sys.modules and threading.active_count() == 1:
+        saved = {k: v for k, v in sys.modules.items()
+                 if k == "Bio.SeqIO" or k.startswith("Bio.SeqIO.")}
+        try:
+            spec = importlib.util.find_spec("Bio.SeqIO")
+            if spec is not None and spec.submodule_search_locations is not None:
+                sys.modules["Bio.SeqIO"] = importlib.util.module_from_spec(spec)
+                fn = importlib.import_module("Bio.SeqIO.FastaIO").SimpleFastaParser
+                if callable(fn):
+                    return fn  # type: ignore[no-any-return]
+        except Exception:  # any surprise: use the normal import below
+            pass
+        finally:
+            for k in [k for k in sys.modules if k == "Bio.SeqIO" or k.startswith("Bio.SeqIO.")]:
+                del sys.modules[k]
+            sys.modules.update(saved)
+            bio = sys.modules.get("Bio")
+            if bio is not None and "Bio.SeqIO" not in sys.modules:
+                bio.__dict__.pop("SeqIO", None)
+    from Bio.SeqIO.FastaIO import SimpleFastaParser as fn
+    return fn  # type: ignore[no-any-return]
+
+
+SimpleFastaParser = _load_simple_fasta_parser()
 
 #: Bytes read from the (possibly compressed) input per block.
 BLOCK_SIZE = 1 << 20

@@ -239,3 +239,25 @@ def test_write_read_round_trip(records: list[tuple[str, str]], width: int, crlf:
         p = Path(d) / "r.fa"
         p.write_bytes(data)
         assert list(read_fasta(p)) == records
+
+
+def test_parser_is_biopythons_and_bio_seqio_stays_whole() -> None:
+    """seqpad.fasta loads SimpleFastaParser without running Bio/SeqIO/__init__.py (start-up
+    time); a later ``import Bio.SeqIO`` must still be the complete package, and the parser
+    Biopython's own function (checked in a fresh interpreter, where the cheap load runs)."""
+    import subprocess
+
+    code = (
+        "import sys, seqpad.fasta as f\n"
+        "assert not [k for k in sys.modules if k.startswith('Bio.SeqIO')], sys.modules.keys()\n"
+        "code = f.SimpleFastaParser.__code__\n"
+        "assert code.co_filename.replace('\\\\', '/').endswith('Bio/SeqIO/FastaIO.py')\n"
+        "from Bio import SeqIO\n"
+        "from Bio.SeqIO.FastaIO import SimpleFastaParser\n"
+        "assert SimpleFastaParser.__code__.co_code == code.co_code\n"
+        "import io\n"
+        "recs = list(SeqIO.parse(io.StringIO('>a x\\nAC\\n>b\\nG\\n'), 'fasta'))\n"
+        "assert [(r.id, str(r.seq)) for r in recs] == [('a', 'AC'), ('b', 'G')]\n"
+        "assert hasattr(SeqIO, 'write') and hasattr(SeqIO, 'index')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqpad.masks import as_mask
+from seqpad.nn import _batchnorm_cpu
 
 __all__ = [
     "masked_batch_norm",
@@ -532,11 +533,62 @@ class _FusedMaskedBatchNormTrain(torch.autograd.Function):
         )
 
 
+class _CpuKernelMaskedBatchNormTrain(torch.autograd.Function):
+    """The fused path on CPU: one C++ kernel per direction (:mod:`._batchnorm_cpu`)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        mask: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = x.contiguous()
+        mask_u8 = mask.contiguous().view(torch.uint8)
+        count = int(mask.sum(dtype=torch.int64))
+        _verify_count(count, x)
+        y, mean, var, invstd = _batchnorm_cpu.forward(x, mask_u8, weight, bias, count, eps)
+        ctx.save_for_backward(x, mask_u8, weight, mean, invstd)
+        ctx.count = count
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        count_out = torch.tensor(count, dtype=torch.int64)
+        ctx.mark_non_differentiable(mean, var, count_out)
+        return y, mean, var, count_out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, dy: Tensor, *_: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, mask_u8, weight, mean, invstd = ctx.saved_tensors
+        need_w = weight is not None and ctx.needs_input_grad[2]
+        need_b = ctx.bias_dtype is not None and ctx.needs_input_grad[3]
+        dx, grad_weight, grad_bias = _batchnorm_cpu.backward(
+            dy, x, mask_u8, weight, mean, invstd, ctx.count, need_w, need_b
+        )
+        return (
+            dx,
+            None,
+            None if grad_weight is None or weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(ctx.bias_dtype),
+            None,
+        )
+
+
+# The C++ kernel walks one channel's (B, L) slice per step; below this L the per-row
+# overhead dominates (a (B, C) input is L = 1) and the torch.compile form is faster.
+_CPU_KERNEL_MIN_LENGTH = 8
+
+
 def _fused_train(
     x: Tensor, mask: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if mask is None:
         mask = torch.ones(x.shape[0], 1, x.shape[2], dtype=torch.bool, device=x.device)
+    if x.shape[2] >= _CPU_KERNEL_MIN_LENGTH and _batchnorm_cpu.supports(x):
+        return _CpuKernelMaskedBatchNormTrain.apply(x, mask, weight, bias, eps)
     return _FusedMaskedBatchNormTrain.apply(x, mask, weight, bias, eps)
 
 

@@ -1,0 +1,338 @@
+"""Fused CPU kernels for masked batch norm (the ``fused=True`` path on CPU).
+
+Native ``nn.BatchNorm1d`` on CPU walks the input one channel at a time: a channel's
+slice of a ``(B, C, L)`` tensor (``B * L`` values) stays in the core's L2 cache while
+its mean and variance are taken, so the two-pass statistics cost one pass over memory;
+a second pass then writes the output. The kernels here go one step further, per
+channel and with the mask:
+
+* forward: masked sum -> mean, masked sum of squared deviations -> variance (two
+  passes, the second from cache), then the output written at once (zero at padding):
+  **one pass over ``x`` plus the write of ``y``** (native: two passes plus the write);
+* backward: ``sum(dy)`` and ``sum(dy * (x - mean))`` over real positions, then ``dx``
+  written at once: one pass over ``x`` and ``dy`` plus the write of ``dx`` (as native).
+
+Each row is only visited between its first and last real position, so the padded tail
+of a sequence is never read. Reductions accumulate in float64. Padding is excluded by
+selection, never by multiplication, so ``nan`` / ``inf`` in padding cannot leak.
+
+The C++ source is compiled once per machine with the system C++ compiler (``$CXX`` or
+``g++``; the compiler ``torch.compile`` also needs on CPU) into a small shared library
+without PyTorch headers (about a second), cached under the temporary directory, and
+called through :mod:`ctypes` on the tensors' data pointers. Where no compiler works,
+:func:`load` returns None and the caller falls back to ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SOURCE = r"""
+#include <cstdint>
+#include <cstring>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// Storage type S, elementwise compute type C.
+template <typename S> struct Io;
+template <> struct Io<float> {
+  using C = float;
+  static inline float ld(float v) { return v; }
+  static inline float st(float v) { return v; }
+};
+template <> struct Io<double> {
+  using C = double;
+  static inline double ld(double v) { return v; }
+  static inline double st(double v) { return v; }
+};
+template <> struct Io<uint16_t> {  // bfloat16
+  using C = float;
+  static inline float ld(uint16_t v) {
+    uint32_t u = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static inline uint16_t st(float f) {  // round to nearest even, as PyTorch does
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+  }
+};
+
+struct Rows {  // first and one-past-last real position of each row
+  std::vector<int64_t> lo, hi;
+  Rows(const uint8_t* m, int64_t B, int64_t L) : lo(B), hi(B) {
+    for (int64_t b = 0; b < B; ++b) {
+      const uint8_t* r = m + b * L;
+      int64_t i = 0, j = L;
+      while (i < L && !r[i]) ++i;
+      while (j > i && !r[j - 1]) --j;
+      lo[b] = i;
+      hi[b] = j;
+    }
+  }
+};
+
+template <typename F>
+void parallel_channels(int64_t C, int nthreads, F f) {
+  if (nthreads <= 1 || C <= 1) {
+    for (int64_t c = 0; c < C; ++c) f(c);
+    return;
+  }
+  int nt = static_cast<int>(nthreads < C ? nthreads : C);
+  std::vector<std::thread> pool;
+  pool.reserve(nt - 1);
+  for (int t = 1; t < nt; ++t)
+    pool.emplace_back([=]() { for (int64_t c = t; c < C; c += nt) f(c); });
+  for (int64_t c = 0; c < C; c += nt) f(c);
+  for (auto& th : pool) th.join();
+}
+
+template <typename S, typename P>
+void forward(const S* x, const uint8_t* m, S* y, const P* w, const P* bias,
+             P* mean_out, P* var_out, P* invstd_out,
+             int64_t B, int64_t C, int64_t L, int64_t count, double eps, int nthreads) {
+  using Cc = typename Io<S>::C;
+  const Rows rows(m, B, L);
+  const double n = count > 0 ? static_cast<double>(count) : 1.0;
+  parallel_channels(C, nthreads, [&](int64_t c) {
+    double s = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+      const S* xr = x + (b * C + c) * L;
+      const uint8_t* mr = m + b * L;
+      double sr = 0.0;
+#pragma omp simd reduction(+ : sr)
+      for (int64_t i = rows.lo[b]; i < rows.hi[b]; ++i)
+        sr += mr[i] ? static_cast<double>(Io<S>::ld(xr[i])) : 0.0;
+      s += sr;
+    }
+    const double mean = s / n;
+    double m2 = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+      const S* xr = x + (b * C + c) * L;
+      const uint8_t* mr = m + b * L;
+      double mr2 = 0.0;
+#pragma omp simd reduction(+ : mr2)
+      for (int64_t i = rows.lo[b]; i < rows.hi[b]; ++i) {
+        const double d = static_cast<double>(Io<S>::ld(xr[i])) - mean;
+        mr2 += mr[i] ? d * d : 0.0;
+      }
+      m2 += mr2;
+    }
+    const double var = m2 / n;
+    const double invstd = 1.0 / std::sqrt(var + eps);
+    const Cc meanc = static_cast<Cc>(mean);
+    const Cc alpha = static_cast<Cc>(invstd * (w ? static_cast<double>(w[c]) : 1.0));
+    const Cc beta = bias ? static_cast<Cc>(bias[c]) : Cc(0);
+    const S zero = Io<S>::st(Cc(0));
+    for (int64_t b = 0; b < B; ++b) {
+      const S* xr = x + (b * C + c) * L;
+      S* yr = y + (b * C + c) * L;
+      const uint8_t* mr = m + b * L;
+      const int64_t lo = rows.lo[b], hi = rows.hi[b];
+      for (int64_t i = 0; i < lo; ++i) yr[i] = zero;
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) {
+        const Cc v = (Io<S>::ld(xr[i]) - meanc) * alpha + beta;
+        yr[i] = Io<S>::st(mr[i] ? v : Cc(0));
+      }
+      for (int64_t i = hi; i < L; ++i) yr[i] = zero;
+    }
+    mean_out[c] = static_cast<P>(mean);
+    var_out[c] = static_cast<P>(var);
+    invstd_out[c] = static_cast<P>(invstd);
+  });
+}
+
+template <typename S, typename P>
+void backward(const S* dy, const S* x, const uint8_t* m, const P* w, const P* mean_in,
+              const P* invstd_in, S* dx, P* grad_w, P* grad_b,
+              int64_t B, int64_t C, int64_t L, int64_t count, int nthreads) {
+  using Cc = typename Io<S>::C;
+  const Rows rows(m, B, L);
+  const double n = count > 0 ? static_cast<double>(count) : 1.0;
+  parallel_channels(C, nthreads, [&](int64_t c) {
+    const Cc meanc = static_cast<Cc>(mean_in[c]);
+    double sdy = 0.0, sdx = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+      const S* xr = x + (b * C + c) * L;
+      const S* gr = dy + (b * C + c) * L;
+      const uint8_t* mr = m + b * L;
+      double a = 0.0, d = 0.0;
+#pragma omp simd reduction(+ : a, d)
+      for (int64_t i = rows.lo[b]; i < rows.hi[b]; ++i) {
+        const double g = mr[i] ? static_cast<double>(Io<S>::ld(gr[i])) : 0.0;
+        const double t = mr[i] ? static_cast<double>(Io<S>::ld(xr[i]) - meanc) : 0.0;
+        a += g;
+        d += g * t;
+      }
+      sdy += a;
+      sdx += d;
+    }
+    const double invstd = static_cast<double>(invstd_in[c]);
+    const double k1d = invstd * (w ? static_cast<double>(w[c]) : 1.0);
+    const Cc k1 = static_cast<Cc>(k1d);
+    const Cc k2 = static_cast<Cc>(-k1d * invstd * invstd * sdx / n);
+    const Cc k3 = static_cast<Cc>(-k1d * sdy / n);
+    const S zero = Io<S>::st(Cc(0));
+    for (int64_t b = 0; b < B; ++b) {
+      const S* xr = x + (b * C + c) * L;
+      const S* gr = dy + (b * C + c) * L;
+      S* dr = dx + (b * C + c) * L;
+      const uint8_t* mr = m + b * L;
+      const int64_t lo = rows.lo[b], hi = rows.hi[b];
+      for (int64_t i = 0; i < lo; ++i) dr[i] = zero;
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) {
+        const Cc v = k1 * Io<S>::ld(gr[i]) + k2 * (Io<S>::ld(xr[i]) - meanc) + k3;
+        dr[i] = Io<S>::st(mr[i] ? v : Cc(0));
+      }
+      for (int64_t i = hi; i < L; ++i) dr[i] = zero;
+    }
+    if (grad_w) grad_w[c] = static_cast<P>(sdx * invstd);
+    if (grad_b) grad_b[c] = static_cast<P>(sdy);
+  });
+}
+
+}  // namespace
+
+#define SEQPAD_BN(NAME, S, P)                                                              \
+  extern "C" void seqpad_bn_forward_##NAME(                                                \
+      const void* x, const uint8_t* m, void* y, const void* w, const void* b, void* mean,  \
+      void* var, void* invstd, int64_t B, int64_t C, int64_t L, int64_t count, double eps, \
+      int nthreads) {                                                                      \
+    forward<S, P>(static_cast<const S*>(x), m, static_cast<S*>(y),                         \
+                  static_cast<const P*>(w), static_cast<const P*>(b),                      \
+                  static_cast<P*>(mean), static_cast<P*>(var), static_cast<P*>(invstd),    \
+                  B, C, L, count, eps, nthreads);                                          \
+  }                                                                                        \
+  extern "C" void seqpad_bn_backward_##NAME(                                               \
+      const void* dy, const void* x, const uint8_t* m, const void* w, const void* mean,    \
+      const void* invstd, void* dx, void* gw, void* gb, int64_t B, int64_t C, int64_t L,   \
+      int64_t count, int nthreads) {                                                       \
+    backward<S, P>(static_cast<const S*>(dy), static_cast<const S*>(x), m,                 \
+                   static_cast<const P*>(w), static_cast<const P*>(mean),                  \
+                   static_cast<const P*>(invstd), static_cast<S*>(dx),                     \
+                   static_cast<P*>(gw), static_cast<P*>(gb), B, C, L, count, nthreads);    \
+  }
+
+SEQPAD_BN(float32, float, float)
+SEQPAD_BN(float64, double, double)
+SEQPAD_BN(bfloat16, uint16_t, float)
+"""
+
+# Storage dtype -> (symbol suffix, statistics dtype).
+SUPPORTED: dict[torch.dtype, tuple[str, torch.dtype]] = {
+    torch.float32: ("float32", torch.float32),
+    torch.float64: ("float64", torch.float64),
+    torch.bfloat16: ("bfloat16", torch.float32),
+}
+
+_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17", "-pthread"]
+_lib: ctypes.CDLL | None = None
+_failed = False
+_lock = threading.Lock()
+
+
+def _build() -> ctypes.CDLL:
+    cxx = os.environ.get("CXX", "g++")
+    key = hashlib.sha256((_SOURCE + cxx + " ".join(_FLAGS) + sys.platform).encode()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / f"seqpad-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    so = cache / f"masked_bn_{key}.so"
+    if not so.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        src = cache / f"masked_bn_{key}.cpp"
+        src.write_text(_SOURCE)
+        tmp = so.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run([cxx, *_FLAGS, str(src), "-o", str(tmp)], check=True, capture_output=True)
+        os.replace(tmp, so)  # atomic: concurrent builders never load a partial file
+    lib = ctypes.CDLL(str(so))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for name, _ in SUPPORTED.values():
+        fwd = getattr(lib, f"seqpad_bn_forward_{name}")
+        fwd.argtypes = [ptr] * 8 + [i64] * 4 + [ctypes.c_double, ctypes.c_int]
+        fwd.restype = None
+        bwd = getattr(lib, f"seqpad_bn_backward_{name}")
+        bwd.argtypes = [ptr] * 9 + [i64] * 4 + [ctypes.c_int]
+        bwd.restype = None
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None where no C++ compiler works."""
+    global _lib, _failed
+    if _lib is None and not _failed:
+        with _lock:
+            if _lib is None and not _failed:
+                try:
+                    _lib = _build()
+                except (OSError, subprocess.CalledProcessError):
+                    _failed = True
+    return _lib
+
+
+def supports(x: Tensor) -> bool:
+    """Whether the kernels handle ``x``: a CPU ``(B, C, L)`` tensor of a supported dtype."""
+    return x.device.type == "cpu" and x.dtype in SUPPORTED and x.dim() == 3 and load() is not None
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def forward(
+    x: Tensor, mask_u8: Tensor, weight: Tensor | None, bias: Tensor | None, count: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean, var, invstd)`` for contiguous ``x (B, C, L)`` and ``mask_u8 (B, 1, L)``."""
+    lib = load()
+    assert lib is not None
+    name, pd = SUPPORTED[x.dtype]
+    b, c, length = x.shape
+    y = torch.empty_like(x)
+    stats = torch.empty(3, c, dtype=pd)
+    w = None if weight is None else weight.detach().to(pd).contiguous()
+    bb = None if bias is None else bias.detach().to(pd).contiguous()
+    getattr(lib, f"seqpad_bn_forward_{name}")(
+        x.data_ptr(), mask_u8.data_ptr(), y.data_ptr(), _ptr(w), _ptr(bb),
+        stats[0].data_ptr(), stats[1].data_ptr(), stats[2].data_ptr(),
+        b, c, length, count, float(eps), torch.get_num_threads(),
+    )
+    return y, stats[0], stats[1], stats[2]
+
+
+def backward(
+    dy: Tensor, x: Tensor, mask_u8: Tensor, weight: Tensor | None, mean: Tensor,
+    invstd: Tensor, count: int, need_weight: bool, need_bias: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(dx, grad_weight, grad_bias)`` in ``x``'s dtype / the statistics dtype."""
+    lib = load()
+    assert lib is not None
+    name, pd = SUPPORTED[x.dtype]
+    b, c, length = x.shape
+    dy = dy.to(x.dtype).contiguous()
+    dx = torch.empty_like(x)
+    grads = torch.empty(2, c, dtype=pd)
+    w = None if weight is None else weight.detach().to(pd).contiguous()
+    getattr(lib, f"seqpad_bn_backward_{name}")(
+        dy.data_ptr(), x.data_ptr(), mask_u8.data_ptr(), _ptr(w), mean.data_ptr(),
+        invstd.data_ptr(), dx.data_ptr(),
+        grads[0].data_ptr() if need_weight else None, grads[1].data_ptr() if need_bias else None,
+        b, c, length, count, torch.get_num_threads(),
+    )
+    return dx, grads[0] if need_weight else None, grads[1] if need_bias else None

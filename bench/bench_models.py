@@ -1,8 +1,9 @@
 """Benchmark: a training step of seqpad's masked models vs the same models from native layers.
 
-Measured side by side in one run, interleaved (the order of the variants rotates every
-repeat), medians over repeats: one training step (forward, cross-entropy, backward,
-AdamW step) per batch over a fixed list of real batches, for
+Measured side by side in one run, interleaved at the finest grain (for each batch the
+variants run back to back, in a rotating order), medians over repeats: one training step
+(forward, cross-entropy, backward, AdamW step) per batch over a fixed list of real
+batches, for
 
 * the masked ByteNet CNN (``build_model({"arch": "cnn", ...})``: MaskedEmbedding,
   MaskedBatchNorm1d, MaskedConv1d, masks passed) vs the same architecture from
@@ -272,20 +273,31 @@ def main() -> None:
 
     real = sum(int(b.lengths.sum()) for b in batches)
     padded = sum(b.tokens.numel() for b in batches)
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    # steps[name][r][i]: time of the training step on batch i in repeat r. For every
+    # batch the variants run back to back, in an order that rotates with (r, i), so a
+    # masked step and its native twin see the same batch and the same machine state.
     names = list(variants)
+    steps: dict[str, list[list[float]]] = {k: [] for k in names}
     for r in range(args.warmup + args.repeats):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
-        for name in order:
-            t = variants[name].run(batches)
-            if r >= args.warmup:
-                times[name].append(t)
+        row: dict[str, list[float]] = {k: [] for k in names}
+        for i, batch in enumerate(batches):
+            k = (r + i) % len(names)
+            for name in names[k:] + names[:k]:
+                row[name].append(variants[name].run([batch]))
+        if r >= args.warmup:
+            for name in names:
+                steps[name].append(row[name])
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    # time per pass over all batches: median over repeats
+    med = {k: statistics.median(sum(rep) for rep in v) for k, v in steps.items()}
 
     def paired(a: str, b: str) -> float:
-        """Median over repeats of the per-repeat ratio (robust to slow phases)."""
-        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+        """Median over (repeat, batch) of the ratio of two steps run back to back."""
+        return statistics.median(
+            x / y
+            for ra, rb in zip(steps[a], steps[b], strict=True)
+            for x, y in zip(ra, rb, strict=True)
+        )
 
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     head = (f"device={dev} torch={torch.__version__} threads={torch.get_num_threads()} "
@@ -303,7 +315,11 @@ def main() -> None:
             ratio = f"{med[name] / med[base]:.2f}x (paired {paired(name, base):.2f}x)"
         rows.append([name, f"{ms:.1f}", f"{real / med[name]:,.0f}", ratio])
     out = "\n".join([head, "", table(["model (train step)", "ms / step", "real tokens/s",
-                                      "masked / native"], rows)])
+                                      "masked / native"], rows),
+                    "",
+                    "ms / step and tokens/s: median over repeats of a pass over all batches; "
+                    "masked / native: ratio of those medians; paired: median over every "
+                    "(repeat, batch) of the ratio of the two steps run back to back."])
     print(out)
     if args.md:
         args.md.write_text(out + "\n")

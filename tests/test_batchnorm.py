@@ -453,3 +453,151 @@ def test_fused_path_matches_eager():
     one[0, 0] = True
     with pytest.raises(ValueError, match="Expected more than 1 value"):
         fused(x, one)
+
+
+def _holey_mask(b: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """Random lengths plus holes inside sequences and one empty row: not only prefixes."""
+    mask = _random_mask(b, length, gen, "cpu")
+    mask &= torch.rand(b, 1, length, generator=gen) > 0.2
+    mask[0, 0, :3] = True
+    mask[-1] = False
+    return mask
+
+
+@pytest.mark.skipif(SF._batchnorm_cpu.load() is None, reason="needs a C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kw", [{}, {"momentum": None}, {"affine": False}])
+def test_fused_cpu_kernel_equals_native_on_gathered_real_positions(dtype, kw):
+    """fused=True on CPU runs the C++ kernel (checked); reference: native BN on real positions."""
+    gen = torch.Generator().manual_seed(12)
+    b, c, length = 6, 5, 40
+    ref, _ = _pair(c, "cpu", dtype, **kw)
+    ours = MaskedBatchNorm1d(c, dtype=dtype, fused=True, **kw)  # type: ignore[arg-type]
+    ours.load_state_dict(ref.state_dict())
+    ref = nn.BatchNorm1d(c, dtype=dtype, **kw)  # type: ignore[arg-type]
+    ref.load_state_dict(ours.state_dict())
+    for _ in range(3):
+        mask = _holey_mask(b, length, gen)
+        x = torch.randn(b, c, length, generator=gen, dtype=dtype) * 3 - 1
+        x.masked_fill_(~mask, float("nan"))  # padding must not matter, nan included
+        dy = torch.randn(b, c, length, generator=gen, dtype=dtype)
+        dy.masked_fill_(~mask, float("inf"))
+        xo = x.clone().requires_grad_()
+        y = ours(xo, mask)
+        assert type(y.grad_fn).__name__.startswith("_CpuKernelMaskedBatchNormTrain")
+        y.backward(dy)
+        xg = _gather(x, mask).clone().requires_grad_()
+        yg = ref(xg)
+        yg.backward(_gather(dy, mask))
+        scale = 10 if dtype == torch.float32 else 1
+        _close(_gather(y, mask), yg, dtype, scale)
+        assert torch.count_nonzero(y.masked_select(~mask)) == 0
+        _close(_gather(xo.grad, mask), xg.grad, dtype, scale * 10)
+        assert torch.count_nonzero(xo.grad.masked_select(~mask)) == 0
+        if ours.affine:
+            _close(ours.weight.grad, ref.weight.grad, dtype, scale * 10)
+            _close(ours.bias.grad, ref.bias.grad, dtype, scale * 10)
+        _close(ours.running_mean, ref.running_mean, dtype, scale)
+        _close(ours.running_var, ref.running_var, dtype, scale)
+        assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item()
+
+
+@pytest.mark.skipif(SF._batchnorm_cpu.load() is None, reason="needs a C++ compiler")
+def test_fused_cpu_kernel_gradcheck_empty_batch_threads_and_large_means():
+    gen = torch.Generator().manual_seed(13)
+    mask = _holey_mask(3, 9, gen)
+    x = torch.randn(3, 4, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(4, generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return SF.masked_batch_norm(x, mask, None, None, w, b, training=True, fused=True)
+
+    assert type(f(x, w, b).grad_fn).__name__.startswith("_CpuKernelMaskedBatchNormTrain")
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    # retained graph: a second backward gives the same gradient
+    y = f(x, w, b)
+    dy = torch.randn_like(y)
+    assert torch.equal(*(torch.autograd.grad(y, x, dy, retain_graph=True) * 2))
+
+    # an all-padding batch: zeros, zero gradients, running statistics untouched
+    bn = MaskedBatchNorm1d(4, fused=True)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    xe = torch.randn(3, 4, 9, requires_grad=True)
+    ye = bn(xe, torch.zeros(3, 9, dtype=torch.bool))
+    ye.sum().backward()
+    assert torch.count_nonzero(ye) == 0 and torch.count_nonzero(xe.grad) == 0
+    assert torch.count_nonzero(bn.weight.grad) == 0 and torch.count_nonzero(bn.bias.grad) == 0
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+    # channels are independent, so the thread count cannot change a single bit
+    xt = torch.randn(5, 7, 33, generator=gen) * 2 + 1e4
+    mt = _holey_mask(5, 33, gen)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            xi = xt.clone().requires_grad_()
+            yi = SF.masked_batch_norm(xi, mt, None, None, training=True, fused=True)
+            yi.backward(torch.ones_like(yi))
+            outs.append((yi, xi.grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    # statistics of data with mean 1e4 against float64 (two-pass, no E[x^2] - E[x]^2)
+    ref = xt.double().transpose(1, 2)[mt.squeeze(1)]
+    bn = MaskedBatchNorm1d(7, momentum=1.0, fused=True)
+    bn(xt, mt)
+    torch.testing.assert_close(bn.running_mean.double(), ref.mean(0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(bn.running_var.double(), ref.var(0), rtol=1e-5, atol=0)
+
+
+@pytest.mark.skipif(SF._batchnorm_cpu.load() is None, reason="needs a C++ compiler")
+def test_fused_cpu_kernel_bfloat16_under_autocast():
+    gen = torch.Generator().manual_seed(14)
+    mask = _holey_mask(4, 24, gen)
+    x = (torch.randn(4, 6, 24, generator=gen) * 4 + 100).to(torch.bfloat16)
+    dy = torch.randn(4, 6, 24, generator=gen).to(torch.bfloat16)
+    ours, ref = MaskedBatchNorm1d(6, fused=True), MaskedBatchNorm1d(6)
+    xo, xr = x.clone().requires_grad_(), x.float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(xo, mask)
+    assert type(y.grad_fn).__name__.startswith("_CpuKernelMaskedBatchNormTrain")
+    assert y.dtype == torch.bfloat16 and ours.running_var.dtype == torch.float32
+    y.backward(dy)
+    assert xo.grad.dtype == torch.bfloat16
+    yr = ref(xr, mask)  # float32 eager on the same values: the reference
+    yr.backward(dy.float())
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y.float(), yr, rtol=1e-2, atol=1e-2)
+    # rounded to nearest: within half a bfloat16 spacing of the float32 result
+    m = mask.expand_as(yr)
+    ulp = torch.exp2(torch.floor(torch.log2(yr.detach()[m].abs())) - 7)
+    assert ((y.float()[m] - yr.detach()[m]).abs() <= 0.5 * ulp + 1e-5).all()
+    torch.testing.assert_close(xo.grad.float(), xr.grad, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fused_compiled_path_for_short_and_two_dim_inputs():
+    """L < 8 and (B, C) inputs take the torch.compile form; it equals the eager path."""
+    gen = torch.Generator().manual_seed(15)
+    for shape in [(16, 5), (4, 5, 3)]:
+        x = torch.randn(*shape, generator=gen) * 2 + 3
+        mask = torch.rand(shape[0], *shape[2:], generator=gen) > 0.3
+        mask.view(-1)[:2] = True
+        eager, fused = MaskedBatchNorm1d(5), MaskedBatchNorm1d(5, fused=True)
+        xe, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yf = eager(xe, mask), fused(xf, mask)
+        if len(shape) == 3:
+            assert type(yf.grad_fn).__name__.startswith("_FusedMaskedBatchNormTrain")
+        dy = torch.randn(*shape, generator=gen)
+        ye.backward(dy)
+        yf.backward(dy)
+        torch.testing.assert_close(yf, ye, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(xf.grad, xe.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused.weight.grad, eager.weight.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused.running_var, eager.running_var)

@@ -348,3 +348,20 @@ def test_deepcopy_and_repr() -> None:
     c = copy.deepcopy(m)
     assert c.config == m.config and c.config is not m.config
     assert "arch='hybrid'" in repr(m)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "rnn", "hybrid"])
+def test_models_run_under_cpu_bf16_autocast(arch: str) -> None:
+    """Under CPU bf16 autocast: close to float32, still zero at padding, no pad gradient."""
+    torch.manual_seed(5)
+    model = build_model({"arch": arch, "vocab_size": V, "d_model": 16, "n_layers": 2})
+    tokens = tokens_batch([20, 12, 5], seed=6)
+    ref = model(tokens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(tokens)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+    pad = (tokens == 0)[:, None, :].expand_as(out)
+    assert torch.all(out[pad] == 0)
+    out.float().square().sum().backward()
+    assert torch.all(model.embed.weight.grad[0] == 0)

@@ -18,9 +18,10 @@ selection, never by multiplication, so ``nan`` / ``inf`` in padding cannot leak.
 
 The C++ source is compiled once per machine with the system C++ compiler (``$CXX`` or
 ``g++``; the compiler ``torch.compile`` also needs on CPU) into a small shared library
-without PyTorch headers (about a second), cached under the temporary directory, and
-called through :mod:`ctypes` on the tensors' data pointers. Where no compiler works,
-:func:`load` returns None and the caller falls back to ``torch.compile``.
+without PyTorch headers (a second or two), cached per user (``~/.cache/seqpad/kernels``
+or ``$SEQPAD_CACHE_DIR/kernels``), and called through :mod:`ctypes` on the tensors' data
+pointers. Where no compiler works, :func:`load` warns once and returns None, and the
+caller falls back to ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import subprocess
 import sys
-import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -250,10 +252,39 @@ _failed = False
 _lock = threading.Lock()
 
 
+def _cache_dir() -> Path:
+    """``$SEQPAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/seqpad`` (``~/.cache/seqpad``).
+
+    A per-user directory, never a shared temporary one: a library planted there by
+    another user would be loaded into this process.
+    """
+    env = os.environ.get("SEQPAD_CACHE_DIR")
+    if env:
+        return Path(env) / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "seqpad" / "kernels"
+
+
+def _cpu_flags() -> str:
+    """The CPU's model and feature flags (first core), for the cache key."""
+    found: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features") and key not in found:
+                    found[key] = line.strip()
+    except OSError:
+        pass
+    return "\n".join(found.values()) or platform.processor()
+
+
 def _build() -> ctypes.CDLL:
     cxx = os.environ.get("CXX", "g++")
-    key = hashlib.sha256((_SOURCE + cxx + " ".join(_FLAGS) + sys.platform).encode()).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / f"seqpad-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    # -march=native: the library is specific to this CPU model (and compiler, and source).
+    key_text = "\n".join([_SOURCE, cxx, *_FLAGS, sys.platform, platform.machine(), _cpu_flags()])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    cache = _cache_dir()
     so = cache / f"masked_bn_{key}.so"
     if not so.exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -282,8 +313,16 @@ def load() -> ctypes.CDLL | None:
             if _lib is None and not _failed:
                 try:
                     _lib = _build()
-                except (OSError, subprocess.CalledProcessError):
+                except (OSError, subprocess.CalledProcessError) as err:
                     _failed = True
+                    detail = getattr(err, "stderr", b"") or b""
+                    warnings.warn(
+                        "seqpad: could not build the fused CPU batch-norm kernel "
+                        f"({err}; {detail.decode(errors='replace')[-500:]}); "
+                        "fused=True falls back to torch.compile",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
     return _lib
 
 

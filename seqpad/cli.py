@@ -6,18 +6,34 @@ on stderr, nothing left on disk), 2 usage error, 130 interrupted.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import click
-import numpy as np
 
-from seqpad.fasta import FastaFormatError, FastaReader, read_fasta
-from seqpad.store import StoreError, StoreReader, check_output, write_store
-from seqpad.tokenizer import Tokenizer, UnknownSymbolError
+def _is_main_program() -> bool:
+    """True when this process is the ``seqpad`` command (console script or
+    ``python -m seqpad``), not a program that imports seqpad.cli."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(spec, "name", None) == "seqpad.__main__" or \
+        os.path.basename(sys.argv[0] if sys.argv else "") in ("seqpad", "seqpad.exe")
+
+
+if "numpy" not in sys.modules and _is_main_program():
+    # The command does no linear algebra: OpenBLAS's worker threads (started when numpy
+    # is imported, then spinning) would only take CPU time from the parse.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import click  # noqa: E402 -- after the environment is set for numpy
+import numpy as np  # noqa: E402
+
+from seqpad.fasta import FastaFormatError, FastaReader, read_fasta  # noqa: E402
+from seqpad.store import StoreError, StoreReader, check_output, write_store  # noqa: E402
+from seqpad.tokenizer import Tokenizer, UnknownSymbolError  # noqa: E402
 
 __all__ = ["cli", "main"]
 
@@ -75,6 +91,13 @@ class _Inputs:
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return itertools.chain.from_iterable(map(self._open, self.paths))
+
+    def _seqpad_batches(self, max_residues: int
+                        ) -> Iterator[tuple[list[str], list[str], str]]:
+        """Batches of records for :func:`seqpad.store.write_store` (the fast path;
+        see ``FastaReader._seqpad_batches``)."""
+        return itertools.chain.from_iterable(
+            r._seqpad_batches(max_residues) for r in map(self._open, self.paths))
 
     def bytes_read(self) -> int:
         done = 0
@@ -233,6 +256,8 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
             bar.update(max(now - shown, 0))
             shown = max(now, shown)
 
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # no reference cycles here; the collector would only rescan the batches
     try:
         with click.progressbar(length=total or 0, label="tokenizing", file=sys.stderr,
                                show_eta=True, show_percent=total is not None) \
@@ -244,6 +269,8 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
     except UnknownSymbolError as e:
         raise _Fail(_unknown_message(e, source, alphabet)) from None
     finally:
+        if gc_was_enabled:
+            gc.enable()
         source.close()
     files = f"{len(inputs)} file" + ("s" if len(inputs) != 1 else "")
     click.echo(f"wrote {output} ({files}, {tokenizer!r})")

@@ -22,6 +22,7 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 from typing import IO, Any
 
 __all__ = ["FastaFormatError", "FastaReader", "read_fasta"]
@@ -63,6 +64,10 @@ def _load_simple_fasta_parser() -> Callable[[Any], Iterator[tuple[str, str]]]:
 
 
 SimpleFastaParser = _load_simple_fasta_parser()
+
+_first = itemgetter(0)
+_NONE = itertools.repeat(None)
+_ONE = itertools.repeat(1)
 
 #: Bytes read from the (possibly compressed) input per block.
 BLOCK_SIZE = 1 << 20
@@ -326,6 +331,61 @@ class FastaReader:
         finally:
             self.records_read = count
             self._src.close()
+
+    def _seqpad_batches(self, max_residues: int) -> Iterator[tuple[list[str], list[str], str]]:
+        """The records in batches ``(names, sequences, "".join(sequences))`` of about
+        ``max_residues`` residues (records count as one residue more, so that many
+        empty records also make a batch), for :func:`seqpad.store.write_store`.
+
+        The same records and errors as iterating the reader, but the per-record checks
+        (tabs, NUL bytes) and the name split run on whole batches, in C.
+        """
+        count = 0
+        try:
+            lines = self._start(self._src.text())
+            if lines is None:
+                return
+            limit = max(int(max_residues), 1)
+            titles: list[str] = []
+            seqs: list[str] = []
+            pending = 0
+            for title, seq in SimpleFastaParser(lines):
+                titles.append(title)
+                seqs.append(seq)
+                pending += len(seq) + 1
+                if pending >= limit:
+                    batch = self._checked(titles, seqs)
+                    count += len(titles)
+                    yield batch
+                    titles, seqs, pending = [], [], 0
+            if titles:
+                batch = self._checked(titles, seqs)
+                count += len(titles)
+                yield batch
+        except EOFError:
+            raise self._error(self._line_count_or_none(),
+                              "gzip data ends early: the file is truncated") from None
+        except (gzip.BadGzipFile, zlib.error) as e:
+            raise self._error(self._line_count_or_none(), f"corrupt gzip data ({e})") from None
+        finally:
+            self.records_read = count
+            self._src.close()
+
+    def _checked(self, titles: list[str], seqs: list[str]) -> tuple[list[str], list[str], str]:
+        """One batch: tabs removed from sequences, NUL bytes refused, names split."""
+        joined = "".join(seqs)
+        if "\t" in joined:
+            seqs = [s.replace("\t", "") if "\t" in s else s for s in seqs]
+            joined = "".join(seqs)
+        if "\x00" in joined or "\x00" in "".join(titles):
+            raise self._nul_error(0)
+        if self._full_title:
+            names = titles
+        elif "" in titles:
+            names = [(t.split(None, 1) or [""])[0] for t in titles]
+        else:
+            names = list(map(_first, map(str.split, titles, _NONE, _ONE)))
+        return names, seqs, joined
 
     def _line_count_or_none(self) -> int | None:
         n = self._line_count()

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -271,14 +271,17 @@ class _Writer:
         self.summary = StoreSummary(skipped=dict.fromkeys(SKIP_REASONS, 0))
         self.stats = _LengthStats()
 
-    def write_batch(self, names: list[str], seqs: list[Any], seq_lens: list[int],
-                    batch_start: int, skipped_at: list[int]) -> None:
+    def write_batch(self, names: list[str], seqs: list[Any], seq_lens: npt.NDArray[np.int64],
+                    batch_start: int, skipped_at: list[int], joined: str | None = None) -> None:
+        """Encode and append one batch. ``seq_lens``: (n,) int64 lengths of ``seqs``;
+        ``skipped_at``: sorted batch-relative indices of records dropped before this
+        call (for error messages); ``joined``: ``"".join(seqs)`` when already known."""
         tok = self.tok
         body: npt.NDArray[np.uint8] | None = None
         lens: npt.NDArray[np.int64] | None = None
-        if seqs and isinstance(seqs[0], str):
+        if joined is not None or (seqs and isinstance(seqs[0], str)):
             try:
-                raw: bytes | None = "".join(seqs).encode("ascii")
+                raw: bytes | None = ("".join(seqs) if joined is None else joined).encode("ascii")
             except (UnicodeEncodeError, TypeError):
                 raw = None
         else:
@@ -292,7 +295,7 @@ class _Writer:
                 body = None
             else:
                 body = np.frombuffer(translated, dtype=IDS_DTYPE)
-                lens = np.array(seq_lens, dtype=np.int64)
+                lens = seq_lens
         if body is None:  # some record has a symbol outside the alphabet: find it
             kept_names, kept_arrays = [], []
             for k, (name, seq) in enumerate(zip(names, seqs, strict=True)):
@@ -388,7 +391,7 @@ def write_store(
     add_bos: bool = False,
     add_eos: bool = False,
     overwrite: bool = False,
-    batch_residues: int = 1 << 22,
+    batch_residues: int = 1 << 20,
     progress: Callable[[int], None] | None = None,
 ) -> StoreSummary:
     """Tokenize ``records`` and write them as a store at ``path``, atomically.
@@ -436,36 +439,33 @@ def write_store(
         writer = _Writer(tmp, tokenizer, min_length=min_length, max_length=max_length,
                          truncate=truncate, add_bos=add_bos, add_eos=add_eos)
         skipped = writer.summary.skipped
-        names: list[str] = []
-        seqs: list[Any] = []
-        lens: list[int] = []
         batch_start = 0  # index in ``records`` of the batch's first record
-        skipped_at: list[int] = []  # batch-relative indices of records skipped here
-        pending = 0
-        seen = 0
         drop_long = max_length is not None and not truncate
-        long_at = max_length if max_length is not None else -1
-        for name, seq in records:
-            n = len(seq)
-            if n < min_length or (drop_long and n > long_at):
-                reason = "empty" if n == 0 else "too_short" if n < min_length else "too_long"
-                skipped[reason] += 1
-                skipped_at.append(len(names) + len(skipped_at))
-                continue
-            names.append(name)
-            seqs.append(seq)
-            lens.append(n)
-            pending += n
-            if pending >= batch_residues:
-                seen = batch_start + len(names) + len(skipped_at)
-                writer.write_batch(names, seqs, lens, batch_start, skipped_at)
-                names, seqs, lens, skipped_at, pending, batch_start = [], [], [], [], 0, seen
-                if progress is not None:
-                    progress(seen)
-        seen = batch_start + len(names) + len(skipped_at)
-        writer.write_batch(names, seqs, lens, batch_start, skipped_at)
+        batches = records._seqpad_batches(batch_residues) \
+            if hasattr(records, "_seqpad_batches") else _batched(records, batch_residues)
+        for names, seqs, joined in batches:
+            n = len(seqs)
+            lens = np.fromiter(map(len, seqs), dtype=np.int64, count=n)
+            skipped_at: list[int] = []
+            short = lens < min_length
+            bad = short | (lens > max_length) if drop_long else short
+            if bad.any():
+                empty = int((lens[short] == 0).sum())
+                skipped["empty"] += empty
+                skipped["too_short"] += int(short.sum()) - empty
+                skipped["too_long"] += int(bad.sum() - short.sum())
+                skipped_at = np.flatnonzero(bad).tolist()
+                keep = np.flatnonzero(~bad).tolist()
+                names = [names[i] for i in keep]
+                seqs = [seqs[i] for i in keep]
+                lens = lens[~bad]
+                joined = None
+            writer.write_batch(names, seqs, lens, batch_start, skipped_at, joined)
+            batch_start += n
+            if progress is not None:
+                progress(batch_start)
         if progress is not None:
-            progress(seen)
+            progress(batch_start)
         meta: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -494,6 +494,24 @@ def write_store(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _batched(records: Iterable[tuple[str, Any]], limit: int
+             ) -> Iterator[tuple[list[str], list[Any], str | None]]:
+    """Records in lists of about ``limit`` residues (each record counts one more)."""
+    limit = max(int(limit), 1)
+    names: list[str] = []
+    seqs: list[Any] = []
+    pending = 0
+    for name, seq in records:
+        names.append(name)
+        seqs.append(seq)
+        pending += len(seq) + 1
+        if pending >= limit:
+            yield names, seqs, None
+            names, seqs, pending = [], [], 0
+    if names:
+        yield names, seqs, None
 
 
 def _install(tmp: Path, target: Path, *, overwrite: bool) -> None:

@@ -331,3 +331,76 @@ def test_non_utf8_header_bytes_are_stored_unchanged(tmp_path: Path) -> None:
     assert raw.tobytes() == b"M\xfcller_1plain"
     assert TokenizedDataset(tmp_path / "s").names[0].encode("utf-8", "surrogateescape") == \
         b"M\xfcller_1"
+
+
+# ------------------------------------- FASTA files: the batched read_fasta -> store path
+def _reference(text: str, full_title: bool) -> list[tuple[str, str]]:
+    """Independent reference: Biopython's parser on the text, name = first word (Biopython's
+    record id rule), tabs removed from sequences."""
+    recs = list(SimpleFastaParser(io.StringIO(text, newline=None)))
+    return [(t if full_title else (t.split(None, 1) or [""])[0], s.replace("\t", ""))
+            for t, s in recs]
+
+
+_title = st.text(st.sampled_from(["a", "B", "1", "|", " ", "\t", "\x1c", "\x85", "\u3000", "é",
+                                  "_"]), max_size=8)
+_body = st.lists(st.text(st.sampled_from("ACDEFGHIKLMNPQRSTVWYacgt \t"), max_size=12),
+                 max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(records=st.lists(st.tuples(_title, _body), max_size=10), batch=st.integers(1, 60),
+       full_title=st.booleans(), crlf=st.booleans(), min_length=st.integers(0, 3))
+def test_fasta_batches_match_biopython(records: list[tuple[str, list[str]]], batch: int,
+                                       full_title: bool, crlf: bool, min_length: int) -> None:
+    nl = "\r\n" if crlf else "\n"
+    text = "".join(f">{t}{nl}" + "".join(line + nl for line in body) for t, body in records)
+    tok = Tokenizer("protein")
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "in.fa"
+        src.write_bytes(text.encode("utf-8"))
+        expect = [(n, s) for n, s in _reference(text, full_title) if len(s) >= min_length]
+        s = write_store(Path(d) / "s", read_fasta(src, full_title=full_title), tok,
+                        min_length=min_length, batch_residues=batch)
+        ds = TokenizedDataset(Path(d) / "s", with_names=True)
+        assert s.records == len(ds) == len(expect)
+        for i, (name, seq) in enumerate(expect):
+            got_name, ids = ds[i]
+            assert got_name == name
+            assert ids.tolist() == tok.encode(seq).tolist()
+        # the per-record reader gives the same records as the batched path
+        assert [(n, q) for n, q in read_fasta(src, full_title=full_title)
+                if len(q) >= min_length] == expect
+
+
+@pytest.mark.parametrize("batch", [1, 5, 1 << 20])
+@pytest.mark.parametrize("where", ["sequence", "title"])
+def test_nul_byte_in_later_record_fails_whole_write(tmp_path: Path, batch: int,
+                                                    where: str) -> None:
+    from seqpad.fasta import FastaFormatError
+
+    bad = ">c\nAC\x00GT\n" if where == "sequence" else ">c x\x00y\nACGT\n"
+    src = tmp_path / "in.fa"
+    src.write_bytes((">a\nACGT\n>b\nAC\nGT\n" + bad + ">d\nAAAA\n").encode())
+    out = tmp_path / "out"
+    line = 7 if where == "sequence" else 6
+    with pytest.raises(FastaFormatError, match=rf"in\.fa: line {line}: binary data"):
+        write_store(out, read_fasta(src), Tokenizer("protein"), batch_residues=batch)
+    assert leftovers(tmp_path) == ["in.fa"]
+
+
+@pytest.mark.parametrize("batch", [1, 6, 1 << 20])
+def test_unknown_symbol_index_counts_skipped_records(tmp_path: Path, batch: int) -> None:
+    src = tmp_path / "in.fa"
+    # records 0..4: empty, short, ok, too long (dropped), ok; record 5 has 'X' at residue 3
+    src.write_text(">e\n>s\nA\n>ok\nACGT\n>long\nACGTACGTAC\n>ok2\nGGG\n>bad\nACXGT\n>z\nA\n")
+    with pytest.raises(UnknownSymbolError) as info:
+        write_store(tmp_path / "out", read_fasta(src), Tokenizer("dna"), min_length=2,
+                    max_length=6, batch_residues=batch)
+    e = info.value
+    assert (e.record, e.position, e.symbol, e.record_index) == ("bad", 3, "X", 5)
+    assert leftovers(tmp_path) == ["in.fa"]
+    s = write_store(tmp_path / "out", read_fasta(src), Tokenizer("dna", unknown="skip"),
+                    min_length=2, max_length=6, batch_residues=batch)
+    assert s.skipped == {"empty": 1, "too_short": 2, "too_long": 1, "unknown_symbol": 1}
+    assert TokenizedDataset(tmp_path / "out").names == ["ok", "ok2"]

@@ -5,7 +5,8 @@ For each shape, four implementations run interleaved in one process (medians ove
 
 - ``native``: ``torch.nn.BatchNorm1d`` on the same tensor, unmasked (the reference, 1.00);
 - ``eager``: ``seqpad.nn.MaskedBatchNorm1d`` with the mask (default path);
-- ``fused``: ``MaskedBatchNorm1d(..., fused=True)`` (``torch.compile``; skip: ``--no-fused``);
+- ``fused``: ``MaskedBatchNorm1d(..., fused=True)`` (on CPU the C++ kernel of
+  ``seqpad/nn/_batchnorm_cpu.py`` for L >= 8, else ``torch.compile``; skip: ``--no-fused``);
 - ``seed-2020``: the naive eager formula of the 2020 blog post the project started from
   (variance over all positions / n, so padding adds mean^2; biased running_var).
 

@@ -13,8 +13,12 @@ channel and with the mask:
   written at once: one pass over ``x`` and ``dy`` plus the write of ``dx`` (as native).
 
 Each row is only visited between its first and last real position, so the padded tail
-of a sequence is never read. Reductions accumulate in float64. Padding is excluded by
-selection, never by multiplication, so ``nan`` / ``inf`` in padding cannot leak.
+of a sequence is never read. Sums are shifted (deviations from one real value of the
+channel, then from the rounded mean, with the exact correction), taken at full vector
+width in the compute type over chunks of 256 values, and the chunk totals added in
+float64: statistics of data with mean 1e4 and spread 1e-2 stay within 1e-7 of float64.
+Padding is excluded by selection, never by multiplication, so ``nan`` / ``inf`` in padding
+cannot leak.
 
 The C++ source is compiled once per machine with the system C++ compiler (``$CXX`` or
 ``g++``; the compiler ``torch.compile`` also needs on CPU) into a small shared library
@@ -47,6 +51,8 @@ _SOURCE = r"""
 #include <vector>
 
 namespace {
+
+constexpr int64_t kChunk = 256;  // values per compute-type partial sum
 
 // Storage type S, elementwise compute type C.
 template <typename S> struct Io;
@@ -114,32 +120,51 @@ void forward(const S* x, const uint8_t* m, S* y, const P* w, const P* bias,
   const Rows rows(m, B, L);
   const double n = count > 0 ? static_cast<double>(count) : 1.0;
   parallel_channels(C, nthreads, [&](int64_t c) {
+    // Shifted sums: deviations from one real value x0 of the channel, so the partial
+    // sums over chunks of at most kChunk values can use the compute type (full vector
+    // width) without losing the mean of data far from zero; chunk totals in double.
+    Cc x0 = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      if (rows.lo[b] < rows.hi[b]) {
+        x0 = Io<S>::ld(x[(b * C + c) * L + rows.lo[b]]);
+        break;
+      }
+    }
     double s = 0.0;
     for (int64_t b = 0; b < B; ++b) {
       const S* xr = x + (b * C + c) * L;
       const uint8_t* mr = m + b * L;
-      double sr = 0.0;
-#pragma omp simd reduction(+ : sr)
-      for (int64_t i = rows.lo[b]; i < rows.hi[b]; ++i)
-        sr += mr[i] ? static_cast<double>(Io<S>::ld(xr[i])) : 0.0;
-      s += sr;
+      for (int64_t i0 = rows.lo[b]; i0 < rows.hi[b]; i0 += kChunk) {
+        const int64_t i1 = i0 + kChunk < rows.hi[b] ? i0 + kChunk : rows.hi[b];
+        Cc p = 0;
+#pragma omp simd reduction(+ : p)
+        for (int64_t i = i0; i < i1; ++i) p += mr[i] ? Io<S>::ld(xr[i]) - x0 : Cc(0);
+        s += static_cast<double>(p);
+      }
     }
-    const double mean = s / n;
+    const double mean = count > 0 ? static_cast<double>(x0) + s / n : 0.0;
+    const Cc meanc = static_cast<Cc>(mean);
+    // Second pass (from cache) over deviations from the rounded mean meanc:
+    // sum (x - meanc)^2 = M2 + n (mean - meanc)^2, corrected below.
     double m2 = 0.0;
     for (int64_t b = 0; b < B; ++b) {
       const S* xr = x + (b * C + c) * L;
       const uint8_t* mr = m + b * L;
-      double mr2 = 0.0;
-#pragma omp simd reduction(+ : mr2)
-      for (int64_t i = rows.lo[b]; i < rows.hi[b]; ++i) {
-        const double d = static_cast<double>(Io<S>::ld(xr[i])) - mean;
-        mr2 += mr[i] ? d * d : 0.0;
+      for (int64_t i0 = rows.lo[b]; i0 < rows.hi[b]; i0 += kChunk) {
+        const int64_t i1 = i0 + kChunk < rows.hi[b] ? i0 + kChunk : rows.hi[b];
+        Cc p = 0;
+#pragma omp simd reduction(+ : p)
+        for (int64_t i = i0; i < i1; ++i) {
+          const Cc d = Io<S>::ld(xr[i]) - meanc;
+          p += mr[i] ? d * d : Cc(0);
+        }
+        m2 += static_cast<double>(p);
       }
-      m2 += mr2;
     }
-    const double var = m2 / n;
+    const double shift = mean - static_cast<double>(meanc);
+    double var = count > 0 ? m2 / n - shift * shift : 0.0;
+    if (var < 0) var = 0;
     const double invstd = 1.0 / std::sqrt(var + eps);
-    const Cc meanc = static_cast<Cc>(mean);
     const Cc alpha = static_cast<Cc>(invstd * (w ? static_cast<double>(w[c]) : 1.0));
     const Cc beta = bias ? static_cast<Cc>(bias[c]) : Cc(0);
     const S zero = Io<S>::st(Cc(0));
@@ -176,16 +201,19 @@ void backward(const S* dy, const S* x, const uint8_t* m, const P* w, const P* me
       const S* xr = x + (b * C + c) * L;
       const S* gr = dy + (b * C + c) * L;
       const uint8_t* mr = m + b * L;
-      double a = 0.0, d = 0.0;
+      for (int64_t i0 = rows.lo[b]; i0 < rows.hi[b]; i0 += kChunk) {
+        const int64_t i1 = i0 + kChunk < rows.hi[b] ? i0 + kChunk : rows.hi[b];
+        Cc a = 0, d = 0;
 #pragma omp simd reduction(+ : a, d)
-      for (int64_t i = rows.lo[b]; i < rows.hi[b]; ++i) {
-        const double g = mr[i] ? static_cast<double>(Io<S>::ld(gr[i])) : 0.0;
-        const double t = mr[i] ? static_cast<double>(Io<S>::ld(xr[i]) - meanc) : 0.0;
-        a += g;
-        d += g * t;
+        for (int64_t i = i0; i < i1; ++i) {
+          const Cc g = Io<S>::ld(gr[i]);
+          const Cc t = Io<S>::ld(xr[i]) - meanc;
+          a += mr[i] ? g : Cc(0);
+          d += mr[i] ? g * t : Cc(0);
+        }
+        sdy += static_cast<double>(a);
+        sdx += static_cast<double>(d);
       }
-      sdy += a;
-      sdx += d;
     }
     const double invstd = static_cast<double>(invstd_in[c]);
     const double k1d = invstd * (w ? static_cast<double>(w[c]) : 1.0);

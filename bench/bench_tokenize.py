@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -158,12 +159,13 @@ with open(sys.argv[1], "w") as f:
 """
 
 
-def run_child(cmd: list[str], log: Path) -> tuple[float, float, int]:
+def run_child(cmd: list[str], log: Path, *, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> tuple[float, float, int]:
     """Run cmd in a fresh process; (wall seconds, peak RSS MB of that child, exit code)."""
     result = log.with_suffix(".result")
     with open(log, "wb") as out:
         subprocess.run([sys.executable, "-I", "-S", "-c", _WRAPPER, str(result), *cmd],
-                       stdout=out, stderr=subprocess.STDOUT, check=True)
+                       stdout=out, stderr=subprocess.STDOUT, check=True, env=env, cwd=cwd)
     wall, maxrss, rc = result.read_text().split()
     return float(wall), int(maxrss) / 1024, int(rc)  # ru_maxrss is in KiB on Linux
 
@@ -178,10 +180,15 @@ def remove(path: Path) -> None:
 class Cli:
     """``seqpad tokenize`` on one file; keeps every wall time and peak RSS."""
 
-    def __init__(self, fasta: Path, work: Path) -> None:
+    def __init__(self, fasta: Path, work: Path, baseline: Path | None = None) -> None:
         self.fasta = fasta
-        self.out = work / (fasta.stem + ".seqpad")
-        self.log = work / (fasta.stem + ".log")
+        tag = "" if baseline is None else ".baseline"
+        self.out = work / (fasta.stem + tag + ".seqpad")
+        self.log = work / (fasta.stem + tag + ".log")
+        # --baseline: another seqpad source tree (e.g. `git archive <commit> seqpad`),
+        # imported through PYTHONPATH from a working directory without a seqpad package
+        self.env = None if baseline is None else {**os.environ, "PYTHONPATH": str(baseline)}
+        self.cwd = None if baseline is None else work
         self.times: list[float] = []
         self.rss: list[float] = []
         self.checked = False
@@ -190,7 +197,7 @@ class Cli:
         remove(self.out)
         cmd = [sys.executable, "-m", "seqpad", "tokenize", str(self.fasta), "-o", str(self.out),
                "--alphabet", "protein"]
-        wall, rss, rc = run_child(cmd, self.log)
+        wall, rss, rc = run_child(cmd, self.log, env=self.env, cwd=self.cwd)
         if rc != 0:
             sys.exit(f"seqpad tokenize failed (exit {rc}):\n"
                      + self.log.read_text(errors="replace")[-2000:])
@@ -243,6 +250,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=WORK, help="where generated files go")
     ap.add_argument("--clean", action="store_true", help="delete generated files at the end")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--baseline", type=Path,
+                    help="directory holding an older seqpad package (e.g. made with `git "
+                         "archive COMMIT seqpad | tar -x -C DIR`): its `seqpad tokenize` is "
+                         "timed in the same run, for a before/after ratio")
     args = ap.parse_args()
     if args.quick:
         args.sizes_mb, args.repeats, args.esm_mb, args.sm_mb = [10, 40], 1, 0.05, 0.5
@@ -302,6 +313,8 @@ def main() -> None:
         return run
 
     clis = {p: Cli(p, args.work) for p in bigs}
+    base_clis = {p: Cli(p, args.work, args.baseline.resolve()) for p in bigs} \
+        if args.baseline else {}
     help_log = args.work / "help.log"
     startup_times: list[float] = []
     startup_rss: list[float] = []
@@ -319,6 +332,8 @@ def main() -> None:
     for p in bigs:
         tasks.append((f"parse:{p.name}", lambda p=p: parse_only(p)))
         tasks.append((f"cli:{p.name}", clis[p]))
+        if p in base_clis:
+            tasks.append((f"base:{p.name}", base_clis[p]))
     # seqpad's own work without the process start-up: write_store(read_fasta(...)) here
     tasks.append(("inproc", lambda: in_process(bigs[0], args.work / "inproc.seqpad", tok)))
     tasks += [
@@ -376,6 +391,19 @@ def main() -> None:
     print(table(["input MB", "parse-only MB/s", "seqpad tokenize MB/s",
                  "ratio (target >= 0.5x)", "ratio of best times", "ratio, start-up excluded",
                  "peak RSS MB"], rows))
+    if base_clis:
+        print(f"\nBefore / after in the same run (baseline: {args.baseline}):\n")
+        base_rows = []
+        for p in bigs:
+            parse_s = median(timed[f"parse:{p.name}"])
+            b, c = median(base_clis[p].times), median(clis[p].times)
+            base_rows.append([f"{p.stat().st_size / MB:.0f}", f"{parse_s / b:.2f}x",
+                              f"{parse_s / c:.2f}x", f"{b / c:.2f}x",
+                              f"{max(base_clis[p].rss):.0f} / {max(clis[p].rss):.0f}"])
+            out.setdefault("baseline", {})[p.name] = {"base_s": base_clis[p].times,
+                                                      "cli_s": clis[p].times}
+        print(table(["input MB", "baseline / parse-only", "current / parse-only",
+                     "current speed-up", "peak RSS MB (baseline / current)"], base_rows))
     p0 = bigs[0]
     inproc_mbs = mbs(p0, timed["inproc"])
     parse0 = mbs(p0, timed[f"parse:{p0.name}"])

@@ -10,6 +10,7 @@ rows of tokens that sit in padding.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from seqpad.models import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is fastest, and steady on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 V = 25  # protein vocab size: 5 specials + 20 symbols
 ATOL = 1e-5

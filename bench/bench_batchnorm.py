@@ -16,6 +16,7 @@ distribution (``data/UP000000625-E.coli.fasta.gz``) and cropped to L.
     python bench/bench_batchnorm.py                    # CPU, default shapes
     python bench/bench_batchnorm.py --device cuda      # on a GPU
     python bench/bench_batchnorm.py --quick            # smoke test
+    python bench/bench_batchnorm.py --split            # + forward-only / backward-only ratios
 """
 
 from __future__ import annotations
@@ -108,9 +109,12 @@ def bench_shape(shape: tuple[int, ...], dtype: torch.dtype, args: argparse.Names
     low = dtype in (torch.float16, torch.bfloat16)
     xs = {k: x.clone().requires_grad_() for k in mods}
 
-    def step(name: str) -> None:
+    def step(name: str) -> tuple[float, float]:
+        """One forward + backward; returns (forward seconds, backward seconds)."""
         mod, xi = mods[name], xs[name]
         xi.grad = None
+        sync(device)
+        t0 = time.perf_counter()
         with torch.autocast(device, dtype=dtype, enabled=low):
             if name == "native":
                 y = mod(xi)
@@ -118,7 +122,11 @@ def bench_shape(shape: tuple[int, ...], dtype: torch.dtype, args: argparse.Names
                 y = mod(xi.unsqueeze(-1), mask.view(-1, 1, 1)).squeeze(-1)
             else:
                 y = mod(xi, mask)
+        sync(device)
+        t1 = time.perf_counter()
         y.backward(dy)
+        sync(device)
+        return t1 - t0, time.perf_counter() - t1
 
     for m in mods.values():
         m.to(device)
@@ -126,17 +134,21 @@ def bench_shape(shape: tuple[int, ...], dtype: torch.dtype, args: argparse.Names
         for _ in range(2):
             step(name)
     times: dict[str, list[float]] = {k: [] for k in mods}
+    fwd: dict[str, list[float]] = {k: [] for k in mods}
+    bwd: dict[str, list[float]] = {k: [] for k in mods}
     for r in range(args.repeats):
         order = list(mods) if r % 2 == 0 else list(reversed(mods))
         for name in order:
-            sync(device)
-            t0 = time.perf_counter()
-            step(name)
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
+            tf, tb = step(name)
+            times[name].append(tf + tb)
+            fwd[name].append(tf)
+            bwd[name].append(tb)
     base = statistics.median(times["native"])
     out = {k: statistics.median(v) / base for k, v in times.items()}
     out["native_ms"] = base * 1e3
+    for part, t in (("fwd", fwd), ("bwd", bwd)):
+        ref = statistics.median(t["native"])
+        out.update({f"{k} {part}": statistics.median(v) / ref for k, v in t.items()})
     return out
 
 
@@ -147,6 +159,8 @@ def main() -> None:
     ap.add_argument("--no-fused", dest="fused", action="store_false")
     ap.add_argument("--quick", action="store_true", help="small shapes, 3 repeats")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--split", action="store_true",
+                    help="also forward-only and backward-only ratios (each to native's)")
     ap.add_argument("--shape", action="append", default=None, metavar="BxCxL",
                     help="only these shapes (e.g. 64x256x512 or 8192x256; repeatable), float32")
     args = ap.parse_args()
@@ -167,6 +181,8 @@ def main() -> None:
     if args.shape:
         cases = [(tuple(int(v) for v in sh.split("x")), torch.float32) for sh in args.shape]
     names = ["eager", "fused", "seed-2020"] if args.fused else ["eager", "seed-2020"]
+    if args.split:
+        names += [f"{n} {part}" for part in ("fwd", "bwd") for n in names if n != "seed-2020"]
     print("# masked batch norm, fwd+bwd, ratio to nn.BatchNorm1d (unmasked, same tensor)")
     print(f"# device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"{platform.machine()} {os.cpu_count()} CPUs"

@@ -429,7 +429,7 @@ def test_convert_sync_batchnorm_without_process_group():
 # ----------------------------------------------------------------- fused
 @pytest.mark.slow
 def test_fused_path_matches_eager():
-    """The one documented switch: MaskedBatchNorm1d(..., fused=True) (torch.compile)."""
+    """The one documented switch: MaskedBatchNorm1d(..., fused=True) (the CPU kernel here)."""
     gen = torch.Generator().manual_seed(10)
     mask = _random_mask(4, 12, gen, "cpu")
     x = torch.randn(4, 5, 12, generator=gen) * 2 + 3

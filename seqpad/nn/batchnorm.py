@@ -28,11 +28,13 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         num_features: ``C``.
         eps, momentum, affine, track_running_stats, device, dtype: as
             :class:`torch.nn.BatchNorm1d` (``momentum=None``: cumulative average).
-        fused: the one switch for the fused path -- training-mode normalisation runs
-            through ``torch.compile`` of
-            :func:`seqpad.nn.functional.masked_batch_norm_reference` (compiled once per
-            process, on first use; needs a working ``torch.compile`` backend, on CPU a
-            C++ compiler). Also settable later as ``module.fused = True``.
+        fused: the one switch for the fused path. Training-mode normalisation runs
+            fused kernels: on CPU (float32 / float64 / bfloat16, ``L >= 8``) a C++
+            kernel built on first use with the system compiler and cached per user
+            (``seqpad/nn/_batchnorm_cpu.py``); elsewhere ``torch.compile`` of the
+            functional form (compiled once per process; needs a working
+            ``torch.compile`` backend). Same results as the eager path. Also settable
+            later as ``module.fused = True``.
 
     Shape:
         - x: ``(B, C, L)`` or ``(B, C)``; mask ``(B, 1, L)`` / ``(B, L)`` (``(B,)`` for

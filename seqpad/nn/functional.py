@@ -407,8 +407,9 @@ def masked_batch_norm_reference(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Training-mode masked batch norm as plain differentiable tensor ops.
 
-    The form :func:`masked_batch_norm` compiles for its fused path (``torch.compile``
-    turns it into a few fused reduction and elementwise kernels, forward and backward).
+    The form :func:`masked_batch_norm` compiles for its fused path where the C++ CPU
+    kernel does not apply (``torch.compile`` turns it into a few fused reduction and
+    elementwise kernels, forward and backward).
     Also a readable statement of the semantics: two-pass statistics over the real
     positions, zero output at padding.
 
@@ -657,7 +658,10 @@ def masked_batch_norm(
         num_batches_tracked: 0-d long buffer, incremented per non-empty training batch.
         process_group: synchronise training statistics across the ranks of this
             ``torch.distributed`` group (every rank must call); None for local stats.
-        fused: use the ``torch.compile``-d form (:func:`masked_batch_norm_reference`).
+        fused: use fused kernels in training: the C++ CPU kernel
+            (:mod:`seqpad.nn._batchnorm_cpu`; CPU, float32 / float64 / bfloat16,
+            ``L >= 8``), else the ``torch.compile``-d form of
+            :func:`masked_batch_norm_reference`.
 
     Returns:
         Tensor shaped and typed like ``x``; statistics accumulate in float32 for

@@ -220,6 +220,7 @@ class FastaReader:
         self.size = self._src.size
         self.compressed = self._src.compressed
         self.records_read = 0
+        self._iterated = False  # True once records are taken one by one or in batches
         self._it = self._records()
 
     # ---------------------------------------------------------------- public
@@ -318,6 +319,7 @@ class FastaReader:
         return None
 
     def _records(self) -> Iterator[tuple[str, str]]:
+        self._iterated = True
         count = 0
         try:
             lines = self._start(self._src.text())
@@ -351,8 +353,16 @@ class FastaReader:
         empty records also make a batch), for :func:`seqpad.store.write_store`.
 
         The same records and errors as iterating the reader, but the per-record checks
-        (tabs, NUL bytes) and the name split run on whole batches, in C.
+        (tabs, NUL bytes) and the name split run on whole batches, in C.  If records were
+        already taken one by one, the rest come from that same iterator.
         """
+        if self._iterated:
+            return _rebatch(self._it, max_residues)
+        self._iterated = True
+        self._it.close()  # never started: the batches read the file instead
+        return self._batches(max_residues)
+
+    def _batches(self, max_residues: int) -> Iterator[tuple[list[str], list[str], str]]:
         count = 0
         try:
             lines = self._start(self._src.text())
@@ -409,6 +419,22 @@ class FastaReader:
             lambda lines: next((n for n, ln in enumerate(lines, 1) if "\x00" in ln), None)
         )
         return self._error(line, "binary data (NUL byte): not a FASTA text file")
+
+
+def _rebatch(records: Iterator[tuple[str, str]], max_residues: int
+             ) -> Iterator[tuple[list[str], list[str], str]]:
+    names: list[str] = []
+    seqs: list[str] = []
+    pending = 0
+    for name, seq in records:
+        names.append(name)
+        seqs.append(seq)
+        pending += len(seq) + 1
+        if pending >= max_residues:
+            yield names, seqs, "".join(seqs)
+            names, seqs, pending = [], [], 0
+    if names:
+        yield names, seqs, "".join(seqs)
 
 
 def read_fasta(path: str | os.PathLike[str], *, full_title: bool = False) -> FastaReader:

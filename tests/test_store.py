@@ -404,3 +404,14 @@ def test_unknown_symbol_index_counts_skipped_records(tmp_path: Path, batch: int)
                     min_length=2, max_length=6, batch_residues=batch)
     assert s.skipped == {"empty": 1, "too_short": 2, "too_long": 1, "unknown_symbol": 1}
     assert TokenizedDataset(tmp_path / "out").names == ["ok", "ok2"]
+
+
+def test_reader_partly_iterated_then_stored(tmp_path: Path) -> None:
+    """write_store continues a read_fasta reader from where the caller left it."""
+    reader = read_fasta(ECOLI)
+    first = [next(reader) for _ in range(3)]
+    write_store(tmp_path / "s", reader, Tokenizer("protein"), batch_residues=50_000)
+    with gzip.open(ECOLI, "rt") as h:
+        ref = [t.split(None, 1)[0] for t, _s in SimpleFastaParser(h)]
+    assert [n for n, _ in first] == ref[:3]
+    assert TokenizedDataset(tmp_path / "s").names == ref[3:]

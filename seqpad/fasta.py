@@ -11,72 +11,20 @@ Every edge-case decision is listed in ``docs/fasta.md``.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import gzip
-import importlib.machinery
-import importlib.util
 import io
 import itertools
 import os
 import sys
-import types
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from operator import itemgetter
 from typing import IO, Any
 
+from Bio.SeqIO.FastaIO import SimpleFastaParser
+
 __all__ = ["FastaFormatError", "FastaReader", "read_fasta"]
-
-
-
-def _load_simple_fasta_parser() -> Callable[[Any], Iterator[tuple[str, str]]]:
-    """Biopython's :func:`Bio.SeqIO.FastaIO.SimpleFastaParser`, loaded cheaply.
-
-    ``import Bio.SeqIO.FastaIO`` first runs ``Bio/SeqIO/__init__.py``, which imports
-    every SeqIO and AlignIO format, and ``FastaIO`` itself imports ``Bio.Seq`` (codon
-    tables): 0.15-0.4 s, most of ``seqpad tokenize``'s start-up, none of it needed by
-    the parser, a self-contained generator function that uses only builtins.  So the
-    function is built from the code object compiled from Biopython's own
-    ``Bio/SeqIO/FastaIO.py`` (its cached bytecode when valid), without executing that
-    module: the same code, unchanged.  Nothing is added to ``sys.modules``.  If the
-    function is not found or is not self-contained (another Biopython version), the
-    normal import is used.
-    """
-    try:
-        spec = importlib.util.find_spec("Bio.SeqIO")
-        if spec is not None and spec.submodule_search_locations:
-            for folder in spec.submodule_search_locations:
-                path = os.path.join(folder, "FastaIO.py")
-                if not os.path.isfile(path):
-                    continue
-                loader = importlib.machinery.SourceFileLoader("Bio.SeqIO.FastaIO", path)
-                module_code = loader.get_code("Bio.SeqIO.FastaIO")
-                for const in module_code.co_consts if module_code is not None else ():
-                    if isinstance(const, types.CodeType) and \
-                            const.co_name == "SimpleFastaParser" and \
-                            const.co_argcount == 1 and not const.co_kwonlyargcount and \
-                            not const.co_freevars and \
-                            all(hasattr(builtins, n) for n in const.co_names
-                                if n not in _METHOD_NAMES):
-                        fn = types.FunctionType(const, {"__builtins__": builtins,
-                                                        "__name__": "Bio.SeqIO.FastaIO"})
-                        fn.__doc__ = const.co_consts[0] if const.co_consts and \
-                            isinstance(const.co_consts[0], str) else None
-                        fn.__module__ = "Bio.SeqIO.FastaIO"
-                        return fn  # type: ignore[no-any-return]
-    except Exception:  # any surprise: use the normal import below
-        pass
-    from Bio.SeqIO.FastaIO import SimpleFastaParser as fn
-    return fn  # type: ignore[no-any-return]
-
-
-# Attribute names SimpleFastaParser's code looks up on objects (``co_names`` lists them
-# with its global names): str / list methods, not module globals.
-_METHOD_NAMES = frozenset({"rstrip", "join", "replace", "append", "startswith", "strip",
-                           "lstrip", "split"})
-
-SimpleFastaParser = _load_simple_fasta_parser()
 
 _first = itemgetter(0)
 _NONE = itertools.repeat(None)

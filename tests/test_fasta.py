@@ -241,38 +241,3 @@ def test_write_read_round_trip(records: list[tuple[str, str]], width: int, crlf:
         assert list(read_fasta(p)) == records
 
 
-def test_parser_is_biopythons_and_bio_seqio_stays_whole() -> None:
-    """seqpad.fasta builds SimpleFastaParser from Biopython's FastaIO.py without executing
-    Bio.SeqIO (start-up time); the parser must be Biopython's own code, and a later
-    ``import Bio.SeqIO`` the complete package (checked in a fresh interpreter, where the
-    cheap load runs)."""
-    import subprocess
-
-    code = (
-        "import sys, seqpad.fasta as f\n"
-        "assert not [k for k in sys.modules if k.startswith(('Bio.SeqIO', 'Bio.Seq'))]\n"
-        "code = f.SimpleFastaParser.__code__\n"
-        "assert code.co_filename.replace('\\\\', '/').endswith('Bio/SeqIO/FastaIO.py')\n"
-        "from Bio import SeqIO\n"
-        "from Bio.SeqIO.FastaIO import SimpleFastaParser\n"
-        "assert SimpleFastaParser.__code__.co_code == code.co_code\n"
-        "import io\n"
-        "recs = list(SeqIO.parse(io.StringIO('>a x\\nAC\\n>b\\nG\\n'), 'fasta'))\n"
-        "assert [(r.id, str(r.seq)) for r in recs] == [('a', 'AC'), ('b', 'G')]\n"
-        "assert hasattr(SeqIO, 'write') and hasattr(SeqIO, 'index')\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_parser_load_falls_back_to_the_plain_import(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    from Bio.SeqIO.FastaIO import SimpleFastaParser
-
-    import seqpad.fasta
-
-    def broken(name: str) -> None:
-        raise ImportError(name)
-
-    monkeypatch.setattr(importlib.util, "find_spec", broken)
-    assert seqpad.fasta._load_simple_fasta_parser() is SimpleFastaParser

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -175,6 +176,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _err("interrupted; nothing was written")
             ctx.exit(130)
+        except _Terminated:
+            _err("terminated; nothing was written")
+            ctx.exit(143)
         except BrokenPipeError:
             ctx.exit(1)
         except OSError as e:
@@ -206,9 +210,9 @@ def cli() -> None:
               help="Skip records with fewer residues (0 keeps empty records).")
 @click.option("--max-length", type=click.IntRange(min=1), default=None,
               help="Longest record kept, in residues; needs --truncate or --drop-long.")
-@click.option("--truncate", "long_policy", flag_value="truncate",
+@click.option("--truncate", is_flag=True,
               help="Cut longer records to their first --max-length residues.")
-@click.option("--drop-long", "long_policy", flag_value="drop",
+@click.option("--drop-long", is_flag=True,
               help="Skip records longer than --max-length (counted).")
 @click.option("--bos", is_flag=True, help="Store <bos> before every record.")
 @click.option("--eos", is_flag=True, help="Store <eos> after every record.")
@@ -219,14 +223,17 @@ def cli() -> None:
               help="Progress bar on stderr [default: when stderr is a terminal and the "
                    "input is 8 MiB or more].")
 def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, gaps: bool,
-             stop: bool, min_length: int, max_length: int | None, long_policy: str | None,
-             bos: bool, eos: bool, full_title: bool, force: bool,
+             stop: bool, min_length: int, max_length: int | None, truncate: bool,
+             drop_long: bool, bos: bool, eos: bool, full_title: bool, force: bool,
              progress: bool | None) -> None:
     """Tokenize FASTA files (plain or gzip; '-' is stdin) into the store OUT.
 
     Prints a summary: records written, skipped (by reason), residues, and
     length min / median / max.
     """
+    if truncate and drop_long:
+        raise click.UsageError("--truncate and --drop-long exclude each other")
+    long_policy = "truncate" if truncate else "drop" if drop_long else None
     if max_length is not None and long_policy is None:
         raise click.UsageError("--max-length needs --truncate or --drop-long")
     if long_policy is not None and max_length is None:
@@ -332,6 +339,17 @@ def histogram(lengths: np.ndarray, *, bins: int = 12, width: int = 40) -> str:
     return "\n".join(rows)
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so clean-up (temporary store) runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point (``seqpad``; also ``python -m seqpad``)."""
+    # A scheduler's timeout or `kill` sends SIGTERM, whose default action would skip the
+    # removal of the half-written temporary store; turn it into an exception instead.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli.main(args=list(argv) if argv is not None else None, prog_name="seqpad")

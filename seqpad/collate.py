@@ -230,8 +230,12 @@ class Collator:
         elif kinds <= _ARRAY_TYPES:  # fast path: token arrays (TokenizedDataset items)
             bodies = [x.tobytes() if x.dtype.char == "B" and x.ndim == 1
                       else self._ids_bytes(x, i, None) for i, x in enumerate(items)]
+            joined = b"".join(bodies)
+            if joined and int(np.frombuffer(joined, dtype=np.uint8).max()) >= self._vocab:
+                for i, x in enumerate(items):  # name the first bad item
+                    self._ids_bytes(x, i, None)
             if pad_free:
-                pad_free = self._pad_byte not in b"".join(bodies)
+                pad_free = self._pad_byte not in joined
         else:
             names, payloads, text_at = self._classify(items)
             bodies = payloads  # becomes: the ids of every item, as bytes
@@ -312,19 +316,19 @@ class Collator:
 
     def _ids_bytes(self, x: npt.NDArray[np.integer] | Tensor, i: int,
                    names: list[str] | None) -> bytes:
-        """Token ids of one item as uint8 bytes (checked when narrowed from a wider type)."""
+        """Token ids of one item as uint8 bytes, checked against the vocabulary."""
         if isinstance(x, Tensor):
             x = x.detach().cpu().numpy()
         if x.ndim != 1:
             raise ValueError(f"{self._label(i, names)}: token ids must be 1-D, "
                              f"got shape {tuple(x.shape)}")
+        if not np.issubdtype(x.dtype, np.integer):
+            raise TypeError(f"{self._label(i, names)}: token ids must be integers, "
+                            f"got dtype {x.dtype}")
+        if x.size and (int(x.min()) < 0 or int(x.max()) >= self._vocab):
+            raise ValueError(f"{self._label(i, names)}: token ids must lie in "
+                             f"[0, {self._vocab}), got {int(x.min())}..{int(x.max())}")
         if x.dtype != np.uint8:
-            if not np.issubdtype(x.dtype, np.integer):
-                raise TypeError(f"{self._label(i, names)}: token ids must be integers, "
-                                f"got dtype {x.dtype}")
-            if x.size and (int(x.min()) < 0 or int(x.max()) >= self._vocab):
-                raise ValueError(f"{self._label(i, names)}: token ids must lie in "
-                                 f"[0, {self._vocab}), got {int(x.min())}..{int(x.max())}")
             x = x.astype(np.uint8)
         return x.tobytes()
 

@@ -177,3 +177,37 @@ def test_non_utf8_byte_in_sequence_is_shown_as_a_byte(tmp_path: Path) -> None:
     r = run("tokenize", src, "-o", tmp_path / "s", "--alphabet", "dna")
     assert r.exit_code == 1
     assert f"{src}: line 3: record 'a': position 7: byte 0xe9 (not UTF-8 text)" in r.stderr
+
+
+def test_truncate_and_drop_long_exclude_each_other(tmp_path: Path) -> None:
+    src = tmp_path / "one.fa"
+    src.write_text(">r\nMKVL\n")
+    for order in (("--truncate", "--drop-long"), ("--drop-long", "--truncate")):
+        r = run("tokenize", src, "-o", tmp_path / "s", "--alphabet", "protein",
+                "--max-length", "3", *order)
+        assert r.exit_code == 2 and "exclude each other" in r.output
+        assert not (tmp_path / "s").exists()
+
+
+def test_sigterm_leaves_no_temporary_store(tmp_path: Path) -> None:
+    """A killed run (scheduler timeout) removes its half-written temporary store."""
+    import signal
+    import time
+
+    out = tmp_path / "s.store"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqpad", "tokenize", "-", "-o", str(out), "--alphabet", "protein"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b">a\n" + b"MKVL" * 2_000_000 + b"\n")  # 8 MB: a full write batch
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".s.store.tmp*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".s.store.tmp*")), "the writer never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert b"terminated" in err
+    assert list(tmp_path.iterdir()) == []

@@ -328,3 +328,15 @@ def test_batch_to_and_pin_memory(monkeypatch):
     assert isinstance(pinned, Batch) and pinned.names == ["a", "b"]
     assert sorted(map(str, calls)) == sorted(map(str, [torch.long, torch.bool, torch.long]))
     assert torch.equal(pinned.tokens, batch.tokens)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+@pytest.mark.parametrize("named", [False, True])
+def test_uint8_ids_outside_the_vocabulary_are_rejected(as_tensor: bool, named: bool) -> None:
+    tok = Tokenizer("protein")  # vocab_size 31
+    bad = np.array([200, 5], dtype=np.uint8)
+    item = torch.from_numpy(bad) if as_tensor else bad
+    good = np.array([5, 6], dtype=np.uint8)
+    items = [("a", good), ("b", item)] if named else [good, item]
+    with pytest.raises(ValueError, match=r"batch item 1.*\[0, 31\).*200"):
+        Collator(tok)(items)

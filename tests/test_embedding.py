@@ -91,3 +91,16 @@ def test_no_padding_idx_and_errors() -> None:
     assert "padding_idx=0" in repr(MaskedEmbedding(10, 3))
     with pytest.raises(ValueError, match=r"\(B, L\)"):
         emb(torch.tensor([1, 2, 3]))
+
+
+def test_masked_out_positions_may_hold_any_id() -> None:
+    """With an explicit mask, ids at padded positions are never looked up (e.g. -100)."""
+    torch.manual_seed(0)
+    emb = MaskedEmbedding(10, 4)
+    ids = torch.tensor([[5, 6, 7], [5, -100, 999]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    out = emb(ids, mask)
+    ref = emb.weight.detach()[torch.tensor([5, 6, 7])].T
+    torch.testing.assert_close(out[0], ref, rtol=0, atol=0)
+    torch.testing.assert_close(out[1, :, 0], emb.weight.detach()[5], rtol=0, atol=0)
+    assert torch.equal(out[1, :, 1:], torch.zeros(4, 2))

@@ -159,9 +159,16 @@ def masked_embedding(
     """
     if ids.dim() != 2:
         raise ValueError(f"ids must be (B, L); got shape {tuple(ids.shape)}")
-    out = F.embedding(ids.long(), weight, padding_idx=padding_idx).transpose(1, 2)
-    if mask is None and padding_idx is not None:
+    ids = ids.long()
+    if mask is not None:
+        # Whatever masked-out positions hold (even ids outside the table) is never looked
+        # up: they read the padding row (row 0 without a padding_idx) and are zeroed.
+        m = as_mask(mask, ids.unsqueeze(1))
+        assert m is not None
+        ids = ids.masked_fill(~m.squeeze(1), padding_idx if padding_idx is not None else 0)
+    elif padding_idx is not None:
         mask = ids != padding_idx
+    out = F.embedding(ids, weight, padding_idx=padding_idx).transpose(1, 2)
     return masked_fill_padding(out, mask)
 
 

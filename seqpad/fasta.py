@@ -278,7 +278,7 @@ class FastaReader:
                 if "\t" in seq:
                     seq = seq.replace("\t", "")
                 if "\x00" in seq or "\x00" in title:
-                    raise self._nul_error(count)
+                    raise self._nul_error()
                 if full:
                     name = title
                 else:
@@ -349,7 +349,7 @@ class FastaReader:
             seqs = [s.replace("\t", "") if "\t" in s else s for s in seqs]
             joined = "".join(seqs)
         if "\x00" in joined or "\x00" in "".join(titles):
-            raise self._nul_error(0)
+            raise self._nul_error()
         if self._full_title:
             names = titles
         elif "" in titles:
@@ -362,7 +362,7 @@ class FastaReader:
         n = self._line_count()
         return None if n is None else n + 1
 
-    def _nul_error(self, record_index: int) -> FastaFormatError:
+    def _nul_error(self) -> FastaFormatError:
         line = self._rescan(
             lambda lines: next((n for n, ln in enumerate(lines, 1) if "\x00" in ln), None)
         )

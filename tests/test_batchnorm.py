@@ -604,3 +604,15 @@ def test_fused_compiled_path_for_short_and_two_dim_inputs():
         torch.testing.assert_close(xf.grad, xe.grad, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(fused.weight.grad, eager.weight.grad, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(fused.running_var, eager.running_var)
+        # Independent reference: native BatchNorm1d on the gathered real positions.
+        native = torch.nn.BatchNorm1d(5)
+        xn = x.clone().requires_grad_()
+        real = (xn if len(shape) == 2 else xn.transpose(1, 2))[mask]  # (N, C)
+        yn = native(real)
+        yf_real = (yf if len(shape) == 2 else yf.transpose(1, 2))[mask]
+        torch.testing.assert_close(yf_real, yn, atol=1e-5, rtol=1e-5)
+        dy_real = (dy if len(shape) == 2 else dy.transpose(1, 2))[mask]
+        yn.backward(dy_real)
+        torch.testing.assert_close(xf.grad, xn.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused.running_mean, native.running_mean)
+        torch.testing.assert_close(fused.running_var, native.running_var)

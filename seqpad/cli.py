@@ -6,6 +6,7 @@ on stderr, nothing left on disk), 2 usage error, 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import os
@@ -268,7 +269,7 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
     try:
         with click.progressbar(length=total or 0, label="tokenizing", file=sys.stderr,
                                show_eta=True, show_percent=total is not None) \
-                if show else _nullcontext() as bar:
+                if show else contextlib.nullcontext() as bar:
             summary = write_store(output, source, tokenizer, min_length=min_length,
                                   max_length=max_length, truncate=long_policy == "truncate",
                                   add_bos=bos, add_eos=eos, overwrite=force,
@@ -282,14 +283,9 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
     files = f"{len(inputs)} file" + ("s" if len(inputs) != 1 else "")
     click.echo(f"wrote {output} ({files}, {tokenizer!r})")
     click.echo(summary.format())
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    if summary.records == 0:
+        click.echo("seqpad: warning: no records were written (empty input, or every record "
+                   "was skipped)", err=True)
 
 
 @cli.command(epilog="\b\nExample:\n  seqpad info ecoli.store")

@@ -211,3 +211,13 @@ def test_sigterm_leaves_no_temporary_store(tmp_path: Path) -> None:
     assert proc.returncode == 143, err
     assert b"terminated" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_input_writes_an_empty_store_with_a_warning(tmp_path: Path) -> None:
+    src = tmp_path / "empty.fa"
+    src.write_bytes(b"")
+    r = run("tokenize", src, "-o", tmp_path / "s", "--alphabet", "dna")
+    assert r.exit_code == 0, r.output
+    assert "records written   0" in r.stdout
+    assert "warning: no records were written" in r.stderr
+    assert len(TokenizedDataset(tmp_path / "s")) == 0

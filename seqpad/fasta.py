@@ -18,7 +18,7 @@ import itertools
 import os
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import IO, Any
 
@@ -267,33 +267,11 @@ class FastaReader:
         return None
 
     def _records(self) -> Iterator[tuple[str, str]]:
+        """One record at a time: the batched path with batches of one record."""
         self._iterated = True
-        count = 0
-        try:
-            lines = self._start(self._src.text())
-            if lines is None:
-                return
-            full = self._full_title
-            for title, seq in SimpleFastaParser(lines):
-                if "\t" in seq:
-                    seq = seq.replace("\t", "")
-                if "\x00" in seq or "\x00" in title:
-                    raise self._nul_error()
-                if full:
-                    name = title
-                else:
-                    words = title.split(None, 1)
-                    name = words[0] if words else ""
-                count += 1
-                yield name, seq
-        except EOFError:
-            raise self._error(self._line_count_or_none(),
-                              "gzip data ends early: the file is truncated") from None
-        except (gzip.BadGzipFile, zlib.error) as e:
-            raise self._error(self._line_count_or_none(), f"corrupt gzip data ({e})") from None
-        finally:
-            self.records_read = count
-            self._src.close()
+        with contextlib.closing(self._batches(1)) as batches:
+            for names, seqs, _joined in batches:
+                yield from zip(names, seqs)  # noqa: B905
 
     def _seqpad_batches(self, max_residues: int) -> Iterator[tuple[list[str], list[str], str]]:
         """The records in batches ``(names, sequences, "".join(sequences))`` of about
@@ -316,20 +294,7 @@ class FastaReader:
             lines = self._start(self._src.text())
             if lines is None:
                 return
-            limit = max(int(max_residues), 1)
-            titles: list[str] = []
-            seqs: list[str] = []
-            pending = 0
-            for title, seq in SimpleFastaParser(lines):
-                titles.append(title)
-                seqs.append(seq)
-                pending += len(seq) + 1
-                if pending >= limit:
-                    batch = self._checked(titles, seqs)
-                    count += len(titles)
-                    yield batch
-                    titles, seqs, pending = [], [], 0
-            if titles:
+            for titles, seqs in _group(SimpleFastaParser(lines), max_residues):
                 batch = self._checked(titles, seqs)
                 count += len(titles)
                 yield batch
@@ -369,8 +334,10 @@ class FastaReader:
         return self._error(line, "binary data (NUL byte): not a FASTA text file")
 
 
-def _rebatch(records: Iterator[tuple[str, str]], max_residues: int
-             ) -> Iterator[tuple[list[str], list[str], str]]:
+def _group(records: Iterable[tuple[str, str]], max_residues: int
+           ) -> Iterator[tuple[list[str], list[str]]]:
+    """Records in lists of about ``max_residues`` residues (each counts one more)."""
+    limit = max(int(max_residues), 1)
     names: list[str] = []
     seqs: list[str] = []
     pending = 0
@@ -378,10 +345,16 @@ def _rebatch(records: Iterator[tuple[str, str]], max_residues: int
         names.append(name)
         seqs.append(seq)
         pending += len(seq) + 1
-        if pending >= max_residues:
-            yield names, seqs, "".join(seqs)
+        if pending >= limit:
+            yield names, seqs
             names, seqs, pending = [], [], 0
     if names:
+        yield names, seqs
+
+
+def _rebatch(records: Iterator[tuple[str, str]], max_residues: int
+             ) -> Iterator[tuple[list[str], list[str], str]]:
+    for names, seqs in _group(records, max_residues):
         yield names, seqs, "".join(seqs)
 
 

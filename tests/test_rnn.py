@@ -196,3 +196,32 @@ def test_signature() -> None:
     lstm = MaskedLSTM(3, 4, 2, bidirectional=True, dropout=0.25, dtype=torch.float64)
     assert lstm.dropout == 0.25 and lstm.weight_ih_l0.dtype == torch.float64
     assert "dropout=0.25" in repr(lstm) and "bidirectional=True" in repr(lstm)
+
+
+def test_lstm_runs_in_float32_where_cpu_autocast_lstm_fails(monkeypatch) -> None:
+    """CPUs without bf16 instructions cannot run oneDNN's bf16 LSTM (native nn.LSTM raises
+    "could not create a primitive descriptor" under CPU autocast): MaskedLSTM runs that
+    layer in float32 instead. The failure is simulated here, so any CPU runs this path."""
+    real = torch.lstm
+    calls = []
+
+    def lstm_without_bf16(inp, hx, params, *args):  # type: ignore[no-untyped-def]
+        calls.append(torch.is_autocast_enabled("cpu"))
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("could not create a primitive descriptor for the LSTM")
+        return real(inp, hx, params, *args)
+
+    torch.manual_seed(0)
+    rnn = MaskedLSTM(5, 4, 2, bidirectional=True).eval()
+    x = torch.randn(3, 5, 7)
+    mask = lengths_to_mask(torch.tensor([7, 3, 0]), 7)
+    ref = rnn(x, mask)
+    monkeypatch.setattr(torch, "lstm", lstm_without_bf16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rnn(x, mask)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    assert True in calls and False in calls  # it did fail, then ran without autocast
+    # outside autocast a failure is not hidden
+    monkeypatch.setattr(torch, "lstm", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        rnn(x, mask)

@@ -132,8 +132,28 @@ _CUDNN_WEIGHT_WARNING = "RNN module weights are not part of single contiguous ch
 
 def _native_direction(rnn: nn.RNNBase, inp: Tensor, h0: Tensor, params: list[Tensor]) -> Tensor:
     if isinstance(rnn, nn.LSTM):
-        return torch.lstm(inp, (h0, h0), params, rnn.bias, 1, 0.0, rnn.training, False, True)[0]
+        try:
+            return torch.lstm(inp, (h0, h0), params, rnn.bias, 1, 0.0, rnn.training, False,
+                              True)[0]
+        except RuntimeError:
+            if inp.is_cuda or not _cpu_autocast_enabled():
+                raise
+        # CPU autocast runs LSTMs through oneDNN in bfloat16, which CPUs without bf16
+        # instructions cannot do ("could not create a primitive descriptor"; native
+        # nn.LSTM fails the same way): this direction runs in float32 instead, as
+        # autocast runs the GRU.
+        with torch.autocast("cpu", enabled=False):
+            h = h0.float()
+            return torch.lstm(inp.float(), (h, h), [p.float() for p in params], rnn.bias, 1,
+                              0.0, rnn.training, False, True)[0]
     return torch.gru(inp, h0, params, rnn.bias, 1, 0.0, rnn.training, False, True)[0]
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # torch < 2.4
+        return bool(torch.is_autocast_cpu_enabled())
 
 
 def _per_direction_forward(

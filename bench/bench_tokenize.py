@@ -120,14 +120,14 @@ def parse_only(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def in_process(path: Path, out: Path, tok: object) -> float:
+def in_process(path: Path, out: Path, tok: object, jobs: int = 1) -> float:
     """seqpad's library path, as the CLI runs it, minus process start-up and summary."""
     from seqpad.fasta import read_fasta
     from seqpad.store import write_store
 
     remove(out)
     t0 = time.perf_counter()
-    write_store(out, read_fasta(path), tok)
+    write_store(out, read_fasta(path), tok, jobs=jobs)
     dt = time.perf_counter() - t0
     remove(out)
     return dt
@@ -180,9 +180,11 @@ def remove(path: Path) -> None:
 class Cli:
     """``seqpad tokenize`` on one file; keeps every wall time and peak RSS."""
 
-    def __init__(self, fasta: Path, work: Path, baseline: Path | None = None) -> None:
+    def __init__(self, fasta: Path, work: Path, baseline: Path | None = None,
+                 jobs: int | None = None) -> None:
         self.fasta = fasta
-        tag = "" if baseline is None else ".baseline"
+        self.jobs = jobs
+        tag = ("" if baseline is None else ".baseline") + ("" if jobs is None else f".j{jobs}")
         self.out = work / (fasta.stem + tag + ".seqpad")
         self.log = work / (fasta.stem + tag + ".log")
         # --baseline: another seqpad source tree (e.g. `git archive <commit> seqpad`),
@@ -197,6 +199,8 @@ class Cli:
         remove(self.out)
         cmd = [sys.executable, "-m", "seqpad", "tokenize", str(self.fasta), "-o", str(self.out),
                "--alphabet", "protein"]
+        if self.jobs is not None:
+            cmd += ["--jobs", str(self.jobs)]
         wall, rss, rc = run_child(cmd, self.log, env=self.env, cwd=self.cwd)
         if rc != 0:
             sys.exit(f"seqpad tokenize failed (exit {rc}):\n"
@@ -262,8 +266,10 @@ def main() -> None:
     from sequence_models.constants import PROTEIN_ALPHABET
     from sequence_models.utils import Tokenizer as SMTokenizer
 
+    from seqpad.cli import default_jobs
     from seqpad.tokenizer import Tokenizer
 
+    jobs = default_jobs()
     args.work.mkdir(parents=True, exist_ok=True)
     proteomes = find_proteomes()
     print("proteomes used:")
@@ -312,7 +318,8 @@ def main() -> None:
             return time.perf_counter() - t0
         return run
 
-    clis = {p: Cli(p, args.work) for p in bigs}
+    clis = {p: Cli(p, args.work, jobs=1) for p in bigs}  # one process
+    pclis = {p: Cli(p, args.work) for p in bigs}  # the default: --jobs 0, one per CPU
     base_clis = {p: Cli(p, args.work, args.baseline.resolve()) for p in bigs} \
         if args.baseline else {}
     help_log = args.work / "help.log"
@@ -332,10 +339,13 @@ def main() -> None:
     for p in bigs:
         tasks.append((f"parse:{p.name}", lambda p=p: parse_only(p)))
         tasks.append((f"cli:{p.name}", clis[p]))
+        tasks.append((f"pcli:{p.name}", pclis[p]))
         if p in base_clis:
             tasks.append((f"base:{p.name}", base_clis[p]))
     # seqpad's own work without the process start-up: write_store(read_fasta(...)) here
     tasks.append(("inproc", lambda: in_process(bigs[0], args.work / "inproc.seqpad", tok)))
+    tasks.append(("pinproc", lambda: in_process(bigs[0], args.work / "inproc.seqpad", tok,
+                                                jobs=jobs)))
     tasks += [
         ("startup", startup),
         ("parse:esm_sample", lambda: parse_only(esm_sample)),
@@ -370,25 +380,29 @@ def main() -> None:
 
     print(f"\n## seqpad tokenize vs Biopython parse-only (medians of {args.repeats}, "
           f"{machine_note()})\n")
+    print(f"`-j 1`: one process (parse, encode and write in turn); default: `--jobs 0` = "
+          f"{jobs} worker processes here (one per CPU), each parsing pieces of the file.\n")
     rows, sizes_out = [], []
     for p in bigs:
         parse_mbs = mbs(p, timed[f"parse:{p.name}"])
-        cli = clis[p]
-        cli_s = median(cli.times)
-        cli_mbs = p.stat().st_size / MB / cli_s
-        # start-up varies with load; when it is most of the run the difference is noise
-        net_s = cli_s - st
-        net_mbs = p.stat().st_size / MB / net_s if net_s > 0.2 * cli_s else float("nan")
-        rows.append([f"{p.stat().st_size / MB:.0f}", f"{parse_mbs:.1f}", f"{cli_mbs:.1f}",
-                     f"{cli_mbs / parse_mbs:.2f}x",
-                     f"{min(timed[f'parse:{p.name}']) / min(cli.times):.2f}x",
-                     f"{net_mbs / parse_mbs:.2f}x" if net_mbs == net_mbs else "n/a",
-                     f"{max(cli.rss):.0f}"])
-        sizes_out.append({"file": p.name, "mb": p.stat().st_size / MB, "parse_mbs": parse_mbs,
-                          "cli_mbs": cli_mbs, "cli_s": cli.times, "parse_s": timed[f"parse:{p.name}"],
-                          "ratio": cli_mbs / parse_mbs, "ratio_minus_startup": net_mbs / parse_mbs,
-                          "peak_rss_mb": cli.rss})
-    print(table(["input MB", "parse-only MB/s", "seqpad tokenize MB/s",
+        size = {"file": p.name, "mb": p.stat().st_size / MB, "parse_mbs": parse_mbs,
+                "parse_s": timed[f"parse:{p.name}"]}
+        for label, key, cli in (("-j 1", "j1", clis[p]), (f"default (-j {jobs})", "auto",
+                                                          pclis[p])):
+            cli_s = median(cli.times)
+            cli_mbs = p.stat().st_size / MB / cli_s
+            # start-up varies with load; when it is most of the run the difference is noise
+            net_s = cli_s - st
+            net_mbs = p.stat().st_size / MB / net_s if net_s > 0.2 * cli_s else float("nan")
+            rows.append([f"{p.stat().st_size / MB:.0f}", label, f"{parse_mbs:.1f}",
+                         f"{cli_mbs:.1f}", f"{cli_mbs / parse_mbs:.2f}x",
+                         f"{min(timed[f'parse:{p.name}']) / min(cli.times):.2f}x",
+                         f"{net_mbs / parse_mbs:.2f}x" if net_mbs == net_mbs else "n/a",
+                         f"{max(cli.rss):.0f}"])
+            size[key] = {"cli_mbs": cli_mbs, "cli_s": cli.times, "ratio": cli_mbs / parse_mbs,
+                         "ratio_minus_startup": net_mbs / parse_mbs, "peak_rss_mb": cli.rss}
+        sizes_out.append(size)
+    print(table(["input MB", "seqpad tokenize", "parse-only MB/s", "seqpad MB/s",
                  "ratio (target >= 0.5x)", "ratio of best times", "ratio, start-up excluded",
                  "peak RSS MB"], rows))
     if base_clis:
@@ -406,20 +420,25 @@ def main() -> None:
                      "current speed-up", "peak RSS MB (baseline / current)"], base_rows))
     p0 = bigs[0]
     inproc_mbs = mbs(p0, timed["inproc"])
+    pinproc_mbs = mbs(p0, timed["pinproc"])
     parse0 = mbs(p0, timed[f"parse:{p0.name}"])
     print(f"\nIn process (no start-up), `write_store(path, read_fasta({p0.name}), tokenizer)`: "
-          f"{inproc_mbs:.1f} MB/s = {inproc_mbs / parse0:.2f}x parse-only")
+          f"{inproc_mbs:.1f} MB/s = {inproc_mbs / parse0:.2f}x parse-only; with "
+          f"`jobs={jobs}`: {pinproc_mbs:.1f} MB/s = {pinproc_mbs / parse0:.2f}x")
     out["inproc"] = {"file": p0.name, "mbs": inproc_mbs, "ratio": inproc_mbs / parse0,
-                     "s": timed["inproc"]}
+                     "s": timed["inproc"], "jobs": jobs, "jobs_mbs": pinproc_mbs,
+                     "jobs_ratio": pinproc_mbs / parse0, "jobs_s": timed["pinproc"]}
     print(f"`seqpad --help` (start-up: interpreter + imports): {st:.2f} s "
           f"(runs: {', '.join(f'{x:.2f}' for x in startup_times)}), "
           f"peak RSS {max(startup_rss):.0f} MB")
     out["sizes"] = sizes_out
 
-    cli_min = min(s["cli_mbs"] for s in sizes_out)  # the conservative seqpad figure
-    print(f"\n## Parse + encode, peers vs seqpad (seqpad tokenize CLI = {cli_min:.1f} MB/s, the "
-          "slowest size above, start-up and store writing included; seqpad in process = "
-          f"{inproc_mbs:.1f} MB/s, store writing included)\n")
+    cli_min = min(s["j1"]["cli_mbs"] for s in sizes_out)  # the conservative seqpad figure
+    pcli_min = min(s["auto"]["cli_mbs"] for s in sizes_out)
+    print(f"\n## Parse + encode, peers vs seqpad (seqpad tokenize CLI = {cli_min:.1f} MB/s "
+          f"with -j 1, {pcli_min:.1f} MB/s by default (-j {jobs}): the slowest size above, "
+          "start-up and store writing included; seqpad in process = "
+          f"{inproc_mbs:.1f} / {pinproc_mbs:.1f} MB/s, store writing included)\n")
     peer_rows = []
     peers = [
         ("Biopython parse only", "parse", sm_sample, "parse:sm_sample"),
@@ -434,10 +453,12 @@ def main() -> None:
     for label, what, path, key in peers:
         v = mbs(path, timed[key])
         peer_rows.append([label, what, f"{path.stat().st_size / MB:.2f}", f"{v:.2f}",
-                          f"{cli_min / v:.1f}x", f"{inproc_mbs / v:.1f}x"])
+                          f"{cli_min / v:.1f}x", f"{pcli_min / v:.1f}x",
+                          f"{inproc_mbs / v:.1f}x", f"{pinproc_mbs / v:.1f}x"])
         out["peers"][key] = {"mbs": v, "sample_mb": path.stat().st_size / MB, "s": timed[key]}
-    print(table(["method", "includes", "sample MB", "MB/s", "seqpad CLI / this",
-                 "seqpad in process / this"], peer_rows))
+    print(table(["method", "includes", "sample MB", "MB/s", "seqpad CLI -j 1 / this",
+                 f"seqpad CLI -j {jobs} / this", "in process, 1 / this",
+                 f"in process, jobs={jobs} / this"], peer_rows))
 
     print("\n## Encode only, identical in-memory sequences (M residues/s)\n")
     enc_rows = []

@@ -33,7 +33,14 @@ if "numpy" not in sys.modules and _is_main_program():
 import click  # noqa: E402 -- after the environment is set for numpy
 import numpy as np  # noqa: E402
 
-from seqpad.fasta import FastaFormatError, FastaReader, read_fasta  # noqa: E402
+from seqpad.fasta import (  # noqa: E402
+    FastaChunk,
+    FastaFormatError,
+    FastaReader,
+    chunk_bytes,
+    plan_chunks,
+    read_fasta,
+)
 from seqpad.store import StoreError, StoreReader, check_output, write_store  # noqa: E402
 from seqpad.tokenizer import Tokenizer, UnknownSymbolError  # noqa: E402
 
@@ -85,6 +92,7 @@ class _Inputs:
         self.sizes = [None if p == "-" else _size(p) for p in self.paths]
         known = [s for s in self.sizes if s is not None]
         self.total_bytes: int | None = sum(known) if len(known) == len(self.sizes) else None
+        self.chunk_bytes_done = 0  # bytes of the pieces written by worker processes
 
     def _open(self, path: str) -> FastaReader:
         reader = read_fasta(path, full_title=self.full_title)
@@ -101,8 +109,20 @@ class _Inputs:
         return itertools.chain.from_iterable(
             r._seqpad_batches(max_residues) for r in map(self._open, self.paths))
 
+    def _seqpad_chunks(self, jobs: int, min_bytes: int) -> Iterator[FastaChunk] | None:
+        """Every file cut into pieces for ``jobs`` processes (see
+        ``FastaReader._seqpad_chunks``); None with stdin or a small input."""
+        if self.total_bytes is None or self.total_bytes < min_bytes:
+            return None
+        size = chunk_bytes(self.total_bytes, jobs)
+        return itertools.chain.from_iterable(
+            plan_chunks(p, self.full_title, size) for p in self.paths)
+
+    def _seqpad_chunk_done(self, chunk: FastaChunk) -> None:
+        self.chunk_bytes_done += chunk.nbytes
+
     def bytes_read(self) -> int:
-        done = 0
+        done = self.chunk_bytes_done
         for r in self.readers[:-1]:
             done += r.size or 0
         if self.readers:
@@ -121,6 +141,15 @@ class _Inputs:
     def close(self) -> None:
         for r in self.readers:
             r.close()
+
+
+def default_jobs() -> int:
+    """``--jobs 0``: the CPUs this process may run on, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
 
 
 def _size(path: str) -> int | None:
@@ -223,10 +252,14 @@ def cli() -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal and the "
                    "input is 8 MiB or more].")
+@click.option("-j", "--jobs", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Processes parsing at once: files of 8 MiB or more are cut into pieces "
+                   "at record starts (the store is the same for any N). "
+                   "[default: 0, one per CPU, at most 8; 1 parses in this process]")
 def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, gaps: bool,
              stop: bool, min_length: int, max_length: int | None, truncate: bool,
              drop_long: bool, bos: bool, eos: bool, full_title: bool, force: bool,
-             progress: bool | None) -> None:
+             progress: bool | None, jobs: int) -> None:
     """Tokenize FASTA files (plain or gzip; '-' is stdin) into the store OUT.
 
     Prints a summary: records written, skipped (by reason), residues, and
@@ -273,7 +306,7 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
             summary = write_store(output, source, tokenizer, min_length=min_length,
                                   max_length=max_length, truncate=long_policy == "truncate",
                                   add_bos=bos, add_eos=eos, overwrite=force,
-                                  progress=update)
+                                  progress=update, jobs=jobs or default_jobs())
     except UnknownSymbolError as e:
         raise _Fail(_unknown_message(e, source, alphabet)) from None
     finally:

@@ -16,15 +16,17 @@ import gzip
 import io
 import itertools
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import IO, Any
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-__all__ = ["FastaFormatError", "FastaReader", "read_fasta"]
+__all__ = ["FastaChunk", "FastaFormatError", "FastaReader", "chunk_bytes", "plan_chunks", "read_fasta"]
 
 _first = itemgetter(0)
 _NONE = itertools.repeat(None)
@@ -72,17 +74,48 @@ def _display(path: str | os.PathLike[str]) -> str:
     return "<stdin>" if p == "-" else p
 
 
-class _Source:
-    """Binary input: gzip detection by magic bytes, byte counting, first checks."""
+class _Range(io.RawIOBase):
+    """Bytes ``[start, stop)`` of an open binary file, as a raw stream."""
 
-    def __init__(self, path: str | os.PathLike[str], stdin: IO[bytes] | None = None) -> None:
+    def __init__(self, fileio: Any, start: int, stop: int) -> None:
+        super().__init__()
+        self._f = fileio
+        self._left = max(stop - start, 0)
+        fileio.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf)[: self._left]
+        n = self._f.readinto(view) if len(view) else 0
+        self._left -= n or 0
+        return n or 0
+
+
+class _Source:
+    """Binary input: gzip detection by magic bytes, byte counting, first checks.
+
+    ``byte_range`` reads only bytes ``[start, stop)`` of a plain file, and ``data`` an
+    in-memory piece of a file: the two kinds of :class:`FastaChunk`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], stdin: IO[bytes] | None = None, *,
+                 byte_range: tuple[int, int] | None = None, data: bytes | None = None
+                 ) -> None:
         self.display = _display(path)
-        self.is_stdin = os.fspath(path) == "-"
+        self.is_stdin = os.fspath(path) == "-" or data is not None
         self._fileio: Any = None
         self._final: int | None = None
+        if data is not None:  # a decompressed piece: never gzip-detected again
+            self.size: int | None = None
+            self._buffered: Any = io.BufferedReader(io.BytesIO(data), BLOCK_SIZE)
+            self.compressed = False
+            self.binary: Any = self._buffered
+            return
         if self.is_stdin:
             raw: Any = stdin if stdin is not None else sys.stdin.buffer
-            self.size: int | None = None
+            self.size = None
             buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw, BLOCK_SIZE)
         else:
             try:
@@ -96,7 +129,10 @@ class _Source:
                 self.size = os.fstat(self._fileio.fileno()).st_size
             except OSError:
                 self.size = None
-            buffered = io.BufferedReader(self._fileio, BLOCK_SIZE)
+            if byte_range is not None:
+                buffered = io.BufferedReader(_Range(self._fileio, *byte_range), BLOCK_SIZE)
+            else:
+                buffered = io.BufferedReader(self._fileio, BLOCK_SIZE)
         self._buffered = buffered
         magic = buffered.peek(8)[:8]
         self.compressed = magic.startswith(_GZIP_MAGIC)
@@ -108,7 +144,7 @@ class _Source:
                     f"{kind}-compressed input is not supported; decompress it first "
                     "(plain and gzip FASTA are read directly)",
                 )
-        self.binary: Any = gzip.GzipFile(fileobj=buffered, mode="rb") if self.compressed \
+        self.binary = gzip.GzipFile(fileobj=buffered, mode="rb") if self.compressed \
             else buffered
 
     @property
@@ -160,10 +196,11 @@ class FastaReader:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, full_title: bool = False,
-                 stdin: IO[bytes] | None = None) -> None:
+                 stdin: IO[bytes] | None = None, _chunk: FastaChunk | None = None) -> None:
         self._path_arg = path
         self._full_title = full_title
-        self._src = _Source(path, stdin)
+        self._src = _Source(path, stdin) if _chunk is None else \
+            _Source(path, byte_range=_chunk.byte_range, data=_chunk.data)
         self.path = self._src.display
         self.size = self._src.size
         self.compressed = self._src.compressed
@@ -218,6 +255,19 @@ class FastaReader:
                         return n
             return None
         return self._rescan(find)
+
+    def _seqpad_chunks(self, jobs: int, min_bytes: int) -> Iterator[FastaChunk] | None:
+        """The file cut into pieces that each start at a record, for ``jobs`` processes
+        writing a store at once; None for stdin or a file under ``min_bytes``.
+
+        A plain file is cut into byte ranges (each worker reads its own); a gzip
+        file is decompressed here and cut into in-memory pieces.  Parsing the
+        pieces one after the other gives the records of the whole file, in order.
+        The file is opened afresh, so this reader is left untouched.
+        """
+        if self._src.is_stdin or self.size is None or self.size < min_bytes:
+            return None
+        return plan_chunks(self._path_arg, self._full_title, chunk_bytes(self.size, jobs))
 
     # -------------------------------------------------------------- internals
     def _rescan(self, fn: Any) -> Any:
@@ -332,6 +382,108 @@ class FastaReader:
             lambda lines: next((n for n, ln in enumerate(lines, 1) if "\x00" in ln), None)
         )
         return self._error(line, "binary data (NUL byte): not a FASTA text file")
+
+
+@dataclass(frozen=True)
+class FastaChunk:
+    """A piece of a FASTA file that starts at a record (or at the file's start).
+
+    Either the byte range ``byte_range`` of a plain file, read by whoever parses the
+    piece, or ``data``, decompressed text of a gzip file.  ``nbytes`` is the share of
+    the file on disk the piece stands for (compressed bytes for gzip), for progress.
+    """
+
+    path: str
+    full_title: bool
+    byte_range: tuple[int, int] | None
+    data: bytes | None
+    nbytes: int
+
+    def open(self) -> FastaReader:
+        """A :class:`FastaReader` over just this piece."""
+        return FastaReader(self.path, full_title=self.full_title, _chunk=self)
+
+
+#: Bounds on the size of the pieces a file is cut into for several processes.
+MIN_CHUNK_BYTES = 4 << 20
+MAX_CHUNK_BYTES = 64 << 20
+
+
+def chunk_bytes(total: int, jobs: int) -> int:
+    """Piece size for ``total`` bytes of input and ``jobs`` processes: about four
+    pieces per process, so that they finish close together, within
+    ``[MIN_CHUNK_BYTES, MAX_CHUNK_BYTES]``."""
+    return max(min(max(total // (4 * max(jobs, 1)), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES), 1)
+
+
+#: A record starts after a line break: "\n>" (also inside "\r\n>") or "\r>".
+_RECORD_START = re.compile(rb"[\r\n]>")
+
+
+def plan_chunks(path: str | os.PathLike[str], full_title: bool, size: int
+                ) -> Iterator[FastaChunk]:
+    """Pieces of about ``size`` bytes of one file, each starting at a record (see
+    :meth:`FastaReader._seqpad_chunks`).  Errors (unreadable, unsupported
+    compression) are raised as :class:`FastaFormatError` when iterated."""
+    size = max(int(size), 1)
+    src = _Source(path)
+    try:
+        if src.compressed:
+            yield from _pieces(src, os.fspath(path), full_title, size)
+        else:
+            total = src.size or 0
+            src.close()
+            yield from _ranges(os.fspath(path), full_title, total, size)
+    finally:
+        src.close()
+
+
+def _ranges(path: str, full_title: bool, total: int, size: int) -> Iterator[FastaChunk]:
+    """Byte ranges of a plain file, each cut just before a line that starts with '>'."""
+    start = 0
+    with open(path, "rb") as f:
+        while start < total:
+            stop = total
+            probe = start + size
+            while probe < total:
+                f.seek(probe - 1)  # the byte before: a line break makes a record start
+                block = f.read(BLOCK_SIZE + 1)
+                m = _RECORD_START.search(block)
+                if m is not None:
+                    stop = probe - 1 + m.start() + 1
+                    break
+                if len(block) <= 1:
+                    break
+                probe += len(block) - 1
+            yield FastaChunk(path, full_title, (start, stop), None, stop - start)
+            start = stop
+
+
+def _pieces(src: _Source, path: str, full_title: bool, size: int) -> Iterator[FastaChunk]:
+    """Decompressed pieces of a gzip file, each ending just before a record start."""
+    pending: list[bytes] = []  # blocks read since the last cut
+    last = b""  # the byte before the current block
+    done = 0
+    while True:
+        block = src.binary.read(size)
+        if not block:
+            if pending:
+                yield FastaChunk(path, full_title, None, b"".join(pending),
+                                 (src.bytes_read or done) - done)
+            return
+        # where the last record of the block starts (0: at the block's start; -1: none)
+        cut = max(block.rfind(b"\n>"), block.rfind(b"\r>"))
+        cut = cut + 1 if cut >= 0 else \
+            0 if last in (b"\n", b"\r") and block.startswith(b">") else -1
+        last = block[-1:]
+        if cut < 0 or (cut == 0 and not pending):
+            pending.append(block)  # no record starts here (a long record): read on
+            continue
+        pending.append(block[:cut])
+        now = src.bytes_read or done
+        yield FastaChunk(path, full_title, None, b"".join(pending), now - done)
+        done = now
+        pending = [block[cut:]]
 
 
 def _group(records: Iterable[tuple[str, str]], max_residues: int

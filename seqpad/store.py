@@ -17,12 +17,18 @@ leaves a store that opens.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
+import multiprocessing as mp
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -137,6 +143,19 @@ class _LengthStats:
         if not small.all():
             self.big.append(lengths[~small].copy())
 
+    def merge(self, other: _LengthStats) -> None:
+        self.hist += other.hist
+        self.big.extend(other.big)
+
+    def __getstate__(self) -> dict[str, Any]:  # sent between processes: keep it small
+        nz = np.flatnonzero(self.hist)
+        return {"nz": nz, "counts": self.hist[nz], "big": self.big}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.hist = np.zeros(_HIST_SIZE, dtype=np.int64)
+        self.hist[state["nz"]] = state["counts"]
+        self.big = state["big"]
+
     def fill(self, s: StoreSummary) -> None:
         big = np.sort(np.concatenate(self.big)) if self.big else np.zeros(0, np.int64)
         n_small = int(self.hist.sum())
@@ -199,12 +218,33 @@ class _NpyAppender:
             self.fh.write(memoryview(a).cast("B"))
             self.count += a.size
 
-    def finish(self) -> None:
+    def append_npy(self, path: Path, count: int, *, skip: int = 0, shift: int = 0) -> None:
+        """Append items ``skip:count`` of another 1-D ``.npy`` of ours (written by an
+        :class:`_NpyAppender`, so with a header of the same length), each plus ``shift``."""
+        with open(path, "rb") as src:
+            src.seek(_HEADER_LEN + skip * self.dtype.itemsize)
+            if shift:
+                self.append(np.fromfile(src, dtype=self.dtype, count=count - skip) + shift)
+                return
+            self.fh.flush()
+            left = (count - skip) * self.dtype.itemsize
+            try:  # copied by the kernel, without passing through this process
+                while left > 0:
+                    n = os.copy_file_range(src.fileno(), self.fh.fileno(), left)
+                    if n == 0:
+                        raise StoreError(f"{path}: shorter than its {count} items")
+                    left -= n
+            except (AttributeError, OSError):  # no copy_file_range here: copy by hand
+                shutil.copyfileobj(src, self.fh, 1 << 20)
+        self.count += count - skip
+
+    def finish(self, *, sync: bool = True) -> None:
         self.fh.flush()
         self.fh.seek(0)
         self.fh.write(self._header(self.count))
         self.fh.flush()
-        os.fsync(self.fh.fileno())
+        if sync:
+            os.fsync(self.fh.fileno())
         self.fh.close()
 
     def abort(self) -> None:
@@ -364,9 +404,30 @@ class _Writer:
         s.tokens = self.n_tokens
         self.stats.add(keep)
 
-    def finish(self, meta: dict[str, Any]) -> StoreSummary:
+    def absorb(self, part: Path, result: _PartResult) -> None:
+        """Append the store piece a worker wrote into directory ``part``."""
+        n = result.records
+        f = self.files
+        f["ids.npy"].append_npy(part / "ids.npy", result.tokens)
+        # offsets: the piece's own start at 0 is dropped; the rest are shifted
+        f["offsets.npy"].append_npy(part / "offsets.npy", n + 1, skip=1, shift=self.n_tokens)
+        f["names.npy"].append_npy(part / "names.npy", result.name_bytes)
+        f["name_offsets.npy"].append_npy(part / "name_offsets.npy", n + 1, skip=1,
+                                         shift=self.n_name_bytes)
+        self.n_tokens += result.tokens
+        self.n_name_bytes += result.name_bytes
+        s, r = self.summary, result.summary
+        s.records += r.records
+        s.truncated += r.truncated
+        s.residues += r.residues
+        s.tokens = self.n_tokens
+        for k, v in r.skipped.items():
+            s.skipped[k] = s.skipped.get(k, 0) + v
+        self.stats.merge(result.stats)
+
+    def finish(self, meta: dict[str, Any], *, sync: bool = True) -> StoreSummary:
         for f in self.files.values():
-            f.finish()
+            f.finish(sync=sync)
         self.stats.fill(self.summary)
         self.summary.skipped = {k: v for k, v in self.summary.skipped.items() if v}
         meta["summary"] = self.summary.to_dict()
@@ -393,6 +454,7 @@ def write_store(
     overwrite: bool = False,
     batch_residues: int = 1 << 20,
     progress: Callable[[int], None] | None = None,
+    jobs: int = 1,
 ) -> StoreSummary:
     """Tokenize ``records`` and write them as a store at ``path``, atomically.
 
@@ -416,6 +478,13 @@ def write_store(
         batch_residues: residues encoded per vectorised batch (memory use is a small
             multiple of this, whatever the input size).
         progress: called with the number of records read so far, once per batch.
+        jobs: processes that parse and encode at once. With ``jobs > 1`` and records
+            from :func:`seqpad.read_fasta` (a file, not stdin) of at least
+            ``PARALLEL_MIN_BYTES``, the file is cut into pieces at record starts that
+            worker processes tokenize; the pieces are joined in order, so the store is
+            byte for byte the one ``jobs=1`` writes. If any piece fails, the whole file
+            is written again in this process, which raises the error a one-process run
+            raises. Other iterables are always written in this process.
 
     Returns:
         :class:`StoreSummary`: records written, skipped by reason, truncated,
@@ -436,36 +505,32 @@ def write_store(
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a store is a normal directory
     writer: _Writer | None = None
     try:
-        writer = _Writer(tmp, tokenizer, min_length=min_length, max_length=max_length,
-                         truncate=truncate, add_bos=add_bos, add_eos=add_eos)
-        skipped = writer.summary.skipped
-        batch_start = 0  # index in ``records`` of the batch's first record
-        drop_long = max_length is not None and not truncate
-        batches = records._seqpad_batches(batch_residues) \
-            if hasattr(records, "_seqpad_batches") else _batched(records, batch_residues)
-        for names, seqs, joined in batches:
-            n = len(seqs)
-            lens = np.fromiter(map(len, seqs), dtype=np.int64, count=n)
-            skipped_at: list[int] = []
-            short = lens < min_length
-            bad = short | (lens > max_length) if drop_long else short
-            if bad.any():
-                empty = int((lens[short] == 0).sum())
-                skipped["empty"] += empty
-                skipped["too_short"] += int(short.sum()) - empty
-                skipped["too_long"] += int(bad.sum() - short.sum())
-                skipped_at = np.flatnonzero(bad).tolist()
-                keep = np.flatnonzero(~bad).tolist()
-                names = [names[i] for i in keep]
-                seqs = [seqs[i] for i in keep]
-                lens = lens[~bad]
-                joined = None
-            writer.write_batch(names, seqs, lens, batch_start, skipped_at, joined)
-            batch_start += n
-            if progress is not None:
-                progress(batch_start)
-        if progress is not None:
-            progress(batch_start)
+        options = {"min_length": min_length, "max_length": max_length, "truncate": truncate,
+                   "add_bos": add_bos, "add_eos": add_eos}
+        writer = _Writer(tmp, tokenizer, **options)
+        chunks = _chunks_of(records, jobs)
+        if chunks is not None:
+            try:
+                _write_parallel(writer, tmp, chunks, jobs, records, tokenizer,
+                                batch_residues=batch_residues, options=options,
+                                progress=progress)
+            except Exception:
+                # Bad input (or anything else) in some piece: start again in this process,
+                # which stops at the first problem with its file, line and record exactly
+                # as a one-process run does (the input is a file: it can be read again).
+                writer.abort()
+                writer = None
+                for child in tmp.iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+                writer = _Writer(tmp, tokenizer, **options)
+                chunks = None
+        if chunks is None:
+            _write_records(writer, records, batch_residues=batch_residues,
+                           min_length=min_length, max_length=max_length, truncate=truncate,
+                           progress=progress)
         meta: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -494,6 +559,144 @@ def write_store(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _write_records(writer: _Writer, records: Iterable[tuple[str, Any]], *,
+                   batch_residues: int, min_length: int, max_length: int | None,
+                   truncate: bool, progress: Callable[[int], None] | None) -> int:
+    """Filter, encode and append ``records`` batch by batch; returns how many were read."""
+    skipped = writer.summary.skipped
+    batch_start = 0  # index in ``records`` of the batch's first record
+    drop_long = max_length is not None and not truncate
+    batches = records._seqpad_batches(batch_residues) \
+        if hasattr(records, "_seqpad_batches") else _batched(records, batch_residues)
+    for names, seqs, joined in batches:
+        n = len(seqs)
+        lens = np.fromiter(map(len, seqs), dtype=np.int64, count=n)
+        skipped_at: list[int] = []
+        short = lens < min_length
+        bad = short | (lens > max_length) if drop_long else short
+        if bad.any():
+            empty = int((lens[short] == 0).sum())
+            skipped["empty"] += empty
+            skipped["too_short"] += int(short.sum()) - empty
+            skipped["too_long"] += int(bad.sum() - short.sum())
+            skipped_at = np.flatnonzero(bad).tolist()
+            keep = np.flatnonzero(~bad).tolist()
+            names = [names[i] for i in keep]
+            seqs = [seqs[i] for i in keep]
+            lens = lens[~bad]
+            joined = None
+        writer.write_batch(names, seqs, lens, batch_start, skipped_at, joined)
+        batch_start += n
+        if progress is not None:
+            progress(batch_start)
+    if progress is not None:
+        progress(batch_start)
+    return batch_start
+
+
+# ------------------------------------------------------------------ several processes
+#: Inputs smaller than this (bytes on disk) are written by one process whatever ``jobs``.
+PARALLEL_MIN_BYTES = 8 << 20
+
+
+@dataclass
+class _PartResult:
+    """What a worker wrote into its piece directory."""
+
+    records: int
+    tokens: int
+    name_bytes: int
+    summary: StoreSummary
+    stats: _LengthStats
+
+
+def _chunks_of(records: Any, jobs: int) -> Iterator[FastaChunk] | None:
+    """The pieces ``records`` can be cut into for ``jobs`` processes, or None when they
+    are to be written here (one job, not FASTA files, stdin, a small input)."""
+    if jobs <= 1 or not hasattr(records, "_seqpad_chunks"):
+        return None
+    chunks: Iterator[FastaChunk] | None = records._seqpad_chunks(jobs, PARALLEL_MIN_BYTES)
+    return chunks
+
+
+def _worker_init() -> None:
+    # Ctrl-C and SIGTERM are the parent's business: it stops the workers and cleans up.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    gc.disable()  # no reference cycles are made; the collector would rescan the batches
+
+
+def _write_piece(chunk: FastaChunk, part: str, tokenizer: dict[str, Any],
+                 options: dict[str, Any], batch_residues: int) -> _PartResult:
+    """In a worker: tokenize one piece of a FASTA file into the directory ``part``."""
+    out = Path(part)
+    out.mkdir()
+    writer = _Writer(out, Tokenizer.from_dict(tokenizer), **options)
+    reader = chunk.open()
+    try:
+        _write_records(writer, reader, batch_residues=batch_residues,
+                       min_length=options["min_length"], max_length=options["max_length"],
+                       truncate=options["truncate"], progress=None)
+        writer.finish({}, sync=False)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        reader.close()
+    return _PartResult(writer.summary.records, writer.n_tokens, writer.n_name_bytes,
+                       writer.summary, writer.stats)
+
+
+def _mp_context() -> Any:
+    # fork starts workers at once, with seqpad and Biopython already imported; it is
+    # safe only while this process runs no other thread.
+    if "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
+        return mp.get_context("fork")
+    return mp.get_context()
+
+
+def _write_parallel(writer: _Writer, tmp: Path, chunks: Iterator[FastaChunk], jobs: int,
+                    records: Any, tokenizer: Tokenizer, *, batch_residues: int,
+                    options: dict[str, Any], progress: Callable[[int], None] | None) -> None:
+    """Tokenize ``chunks`` in ``jobs`` worker processes, appending each piece to
+    ``writer`` in order as soon as it and those before it are done."""
+    config = tokenizer.to_dict()
+    done = getattr(records, "_seqpad_chunk_done", None)
+    pool = ProcessPoolExecutor(jobs, mp_context=_mp_context(), initializer=_worker_init)
+    window: deque[tuple[FastaChunk, Path, Future[_PartResult]]] = deque()
+    n_read = 0
+    finished = False
+    try:
+        for k, chunk in enumerate(itertools.chain(chunks, (None,))):
+            if chunk is not None:
+                part = tmp / f".piece-{k}"
+                window.append((chunk, part, pool.submit(
+                    _write_piece, chunk, str(part), config, options, batch_residues)))
+            # keep every worker busy with one piece queued behind it; memory stays
+            # bounded (a gzip file's pieces are held here until a worker takes them)
+            while window and (chunk is None or len(window) > jobs + 1):
+                piece, part, future = window.popleft()
+                result = future.result()
+                writer.absorb(part, result)
+                shutil.rmtree(part)
+                n_read += result.summary.records + result.summary.total_skipped
+                if done is not None:
+                    done(piece)
+                if progress is not None:
+                    progress(n_read)
+        finished = True
+    finally:
+        if not finished:
+            # an error, Ctrl-C or SIGTERM: stop the workers now, not after their pieces
+            # (``terminate_workers`` is public only from Python 3.14)
+            for _, _, future in window:
+                future.cancel()
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _batched(records: Iterable[tuple[str, Any]], limit: int
@@ -739,6 +942,8 @@ Attributes:
 
 if TYPE_CHECKING:
     import torch.utils.data
+
+    from seqpad.fasta import FastaChunk
 
     class TokenizedDataset(StoreReader, torch.utils.data.Dataset):  # type: ignore[type-arg]
         ...

@@ -1,0 +1,286 @@
+"""write_store(..., jobs=N) and ``seqpad tokenize --jobs N``: the store is byte for byte the
+one a single process writes, and errors are the ones a single process raises.
+
+The pieces are made tiny here (``MIN_CHUNK_BYTES`` and ``PARALLEL_MIN_BYTES`` lowered), so
+that small real files are cut into many pieces at awkward places.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import seqpad.fasta
+import seqpad.store
+from seqpad.cli import cli
+from seqpad.fasta import plan_chunks, read_fasta
+from seqpad.store import write_store
+from seqpad.tokenizer import Tokenizer, UnknownSymbolError
+
+ROOT = Path(__file__).parent.parent
+ECOLI = ROOT / "data" / "UP000000625-E.coli.fasta.gz"
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def tiny_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(seqpad.fasta, "MIN_CHUNK_BYTES", 1)
+    monkeypatch.setattr(seqpad.store, "PARALLEL_MIN_BYTES", 0)
+
+
+def store_bytes(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def pieces(path: Path, size: int) -> list[bytes]:
+    """The bytes of each piece ``plan_chunks`` cuts (decompressed for gzip)."""
+    out = []
+    raw = path.read_bytes()
+    for c in plan_chunks(path, False, size):
+        if c.data is not None:
+            out.append(c.data)
+        else:
+            assert c.byte_range is not None
+            out.append(raw[c.byte_range[0]:c.byte_range[1]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def ecoli_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("plain") / "ecoli.fa"
+    p.write_bytes(gzip.decompress(ECOLI.read_bytes()))
+    return p
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_pieces_start_at_records_and_cover_the_file(ecoli_plain: Path, tmp_path: Path,
+                                                    compressed: bool) -> None:
+    raw = ecoli_plain.read_bytes()
+    src = ECOLI if compressed else ecoli_plain
+    parts = pieces(src, 50_000)
+    assert len(parts) > 20
+    assert b"".join(parts) == raw
+    assert all(p.startswith(b">") for p in parts)
+    # every piece parsed alone gives the file's records, in order (Biopython's parse)
+    chunks = list(plan_chunks(src, False, 50_000))
+    assert [r for c in chunks for r in c.open()] == list(read_fasta(ecoli_plain))
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_store_is_identical_to_one_process(tiny_pieces: None, ecoli_plain: Path,
+                                           tmp_path: Path, jobs: int, compressed: bool,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    src = ECOLI if compressed else ecoli_plain
+    tok = Tokenizer("protein")
+    one = tmp_path / "one"
+    many = tmp_path / "many"
+    s1 = write_store(one, read_fasta(src), tok, add_bos=True, min_length=100,
+                     max_length=1000, truncate=True, batch_residues=30_000)
+    monkeypatch.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", 97_000)  # ~20 pieces
+    seen: list[int] = []
+    sn = write_store(many, read_fasta(src), tok, add_bos=True, min_length=100,
+                     max_length=1000, truncate=True, batch_residues=30_000, jobs=jobs,
+                     progress=seen.append)
+    assert sn == s1
+    assert store_bytes(many) == store_bytes(one)
+    assert sorted(os.listdir(tmp_path)) == ["many", "one"]  # no piece directory left
+    assert seen == sorted(seen) and seen[-1] == 4363 and len(seen) > 5
+
+
+def _record(draw: st.DrawFn) -> bytes:
+    name = draw(st.sampled_from(["", "a", "sp|P1|X desc", "r\u00e9c"]))
+    seq = draw(st.text("ACDEFGHIKLMNPQRSTVWYacgt", max_size=120))
+    nl = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    width = draw(st.integers(1, 70))
+    lines = [seq[i:i + width] for i in range(0, len(seq), width)]
+    blank = draw(st.sampled_from(["", nl]))
+    return (f">{name}{nl}" + "".join(ln + nl for ln in lines) + blank).encode()
+
+
+@st.composite
+def fasta_files(draw: st.DrawFn) -> bytes:
+    records = draw(st.lists(st.composite(_record)(), max_size=25))
+    data = b"".join(records)
+    if data and draw(st.booleans()):
+        data = data.rstrip(b"\r\n")  # no final newline
+    return data
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=fasta_files(), size=st.integers(1, 300), jobs=st.integers(2, 3),
+       compressed=st.booleans(), min_length=st.integers(0, 2))
+def test_any_cut_gives_the_same_store(tiny_pieces: None, tmp_path: Path, data: bytes,
+                                      size: int, jobs: int, compressed: bool,
+                                      min_length: int) -> None:
+    """Line endings (LF, CRLF, CR), blank lines, empty records, no final newline, pieces
+    of one byte: jobs > 1 writes the store jobs=1 writes."""
+    d = Path(os.path.join(tmp_path, f"h{time.perf_counter_ns()}"))
+    d.mkdir()
+    src = d / ("in.fa.gz" if compressed else "in.fa")
+    src.write_bytes(gzip.compress(data) if compressed else data)
+    tok = Tokenizer("protein")
+    write_store(d / "one", read_fasta(src), tok, min_length=min_length)
+    with pytest.MonkeyPatch.context() as mp:  # per example, not per test
+        mp.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", size)
+        write_store(d / "many", read_fasta(src), tok, min_length=min_length, jobs=jobs)
+    assert store_bytes(d / "many") == store_bytes(d / "one")
+
+
+def error_of(fn) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(Exception) as info:
+        fn()
+    return f"{type(info.value).__name__}: {info.value}"
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_bad_record_late_in_the_file_gives_the_one_process_error(
+        tiny_pieces: None, ecoli_plain: Path, tmp_path: Path, compressed: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = ecoli_plain.read_bytes()
+    at = raw.index(b"\n", raw.index(b">", len(raw) * 3 // 4)) + 5  # a residue, 3/4 in
+    bad = raw[:at] + b"1" + raw[at + 1:]
+    src = tmp_path / ("bad.fa.gz" if compressed else "bad.fa")
+    src.write_bytes(gzip.compress(bad) if compressed else bad)
+    tok = Tokenizer("protein")
+    one = error_of(lambda: write_store(tmp_path / "one", read_fasta(src), tok))
+    monkeypatch.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", 60_000)
+    many = error_of(lambda: write_store(tmp_path / "many", read_fasta(src), tok, jobs=2))
+    assert many == one and "UnknownSymbolError" in one
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+    # through the CLI: the same message, with the line number
+    r1 = CliRunner().invoke(cli, ["tokenize", str(src), "-o", str(tmp_path / "c"),
+                                  "--alphabet", "protein", "-j", "1"])
+    r2 = CliRunner().invoke(cli, ["tokenize", str(src), "-o", str(tmp_path / "c"),
+                                  "--alphabet", "protein", "-j", "2"])
+    assert r1.exit_code == r2.exit_code == 1
+    assert r2.stderr == r1.stderr and "line " in r1.stderr and "'1'" in r1.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_truncated_gzip_and_nul_late_in_the_file(tiny_pieces: None, ecoli_plain: Path,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", 60_000)
+    raw = ecoli_plain.read_bytes()
+    cut = tmp_path / "cut.fa.gz"
+    cut.write_bytes(gzip.compress(raw)[:-5000])
+    nul = tmp_path / "nul.fa"
+    at = len(raw) * 3 // 4
+    nul.write_bytes(raw[:at] + b"\0" + raw[at + 1:])
+    tok = Tokenizer("protein")
+    for src in (cut, nul):
+        one, many = (error_of(lambda j=jobs, s=src: write_store(  # type: ignore[misc]
+            tmp_path / "s", read_fasta(s), tok, jobs=j)) for jobs in (1, 2))
+        assert many == one and "FastaFormatError" in one, src
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.fa.gz", "nul.fa"]
+
+
+def test_unknown_skip_counts_match(tiny_pieces: None, ecoli_plain: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = ecoli_plain.read_bytes().replace(b"W", b"*")  # many records gain a stop symbol
+    src = tmp_path / "stops.fa"
+    src.write_bytes(raw)
+    tok = Tokenizer("protein", unknown="skip")
+    s1 = write_store(tmp_path / "one", read_fasta(src), tok)
+    monkeypatch.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", 80_000)
+    s2 = write_store(tmp_path / "many", read_fasta(src), tok, jobs=2)
+    assert s1.skipped["unknown_symbol"] > 1000
+    assert s2 == s1
+    assert store_bytes(tmp_path / "many") == store_bytes(tmp_path / "one")
+
+
+def test_cli_jobs_several_files(tiny_pieces: None, ecoli_plain: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain and gzip inputs together; any --jobs gives the store of --jobs 1."""
+    monkeypatch.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", 200_000)
+    inputs = [str(ECOLI), str(DATA / "seqkit/a.fa"), str(ecoli_plain)]
+    outs = {}
+    for jobs in ("1", "2", "0"):
+        out = tmp_path / f"j{jobs}"
+        r = CliRunner().invoke(cli, ["tokenize", *inputs, "-o", str(out), "--alphabet",
+                                     "protein", "--unknown", "unk", "-j", jobs])
+        assert r.exit_code == 0, r.output
+        outs[jobs] = (r.stdout.replace(str(out), "OUT"), store_bytes(out))
+    assert outs["2"] == outs["1"] and outs["0"] == outs["1"]
+    assert "records written   8,7" in outs["1"][0]
+
+
+def test_stdin_is_written_in_one_process(tiny_pieces: None, tmp_path: Path) -> None:
+    data = gzip.decompress(ECOLI.read_bytes())
+    r = CliRunner().invoke(cli, ["tokenize", "-", "-o", str(tmp_path / "s"), "--alphabet",
+                                 "protein", "-j", "4"], input=data)
+    assert r.exit_code == 0, r.output
+    assert "records written   4,363" in r.stdout
+
+
+def test_other_iterables_ignore_jobs(tmp_path: Path) -> None:
+    s = write_store(tmp_path / "s", [("a", "MKV"), ("b", "")], Tokenizer("protein"), jobs=4)
+    assert s.records == 1 and s.skipped == {"empty": 1}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="signals and /proc as on Linux")
+def test_sigterm_stops_workers_and_leaves_nothing(tmp_path: Path) -> None:
+    """SIGTERM while worker processes are parsing: exit 143, no temporary store, and no
+    worker left running."""
+    src = tmp_path / "big.fa"
+    block = gzip.decompress(ECOLI.read_bytes())
+    with open(src, "wb") as f:
+        for k in range(20):  # ~33 MB: several pieces per worker
+            f.write(block.replace(b">", f">c{k}_".encode()))
+    out = tmp_path / "s.store"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqpad", "tokenize", str(src), "-o", str(out),
+         "--alphabet", "protein", "-j", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".s.store.tmp*/.piece-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    children = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 143, err
+    assert b"terminated" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.fa"]
+    time.sleep(0.2)
+    assert children and not [c for c in children if _alive(c)]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_bad_record_error_is_raised_not_swallowed(tiny_pieces: None, tmp_path: Path) -> None:
+    src = tmp_path / "x.fa"
+    src.write_bytes(b">a\nMKV\n" * 2000 + b">b\nMK1\n")
+    with pytest.raises(UnknownSymbolError) as info:
+        write_store(tmp_path / "s", read_fasta(src), Tokenizer("protein"), jobs=2)
+    assert info.value.record == "b" and info.value.position == 3
+    assert info.value.record_index == 2000  # type: ignore[attr-defined]

@@ -270,6 +270,12 @@ def main() -> None:
     from seqpad.tokenizer import Tokenizer
 
     jobs = default_jobs()
+    # An installed seqpad has its bytecode compiled (pip does it); an editable checkout
+    # run with PYTHONDONTWRITEBYTECODE=1 would recompile seqpad's modules at every start.
+    import compileall
+
+    import seqpad
+    compileall.compile_dir(Path(seqpad.__file__).parent, quiet=1)
     args.work.mkdir(parents=True, exist_ok=True)
     proteomes = find_proteomes()
     print("proteomes used:")

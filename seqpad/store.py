@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import itertools
 import json
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -28,7 +27,6 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -251,6 +249,9 @@ class _NpyAppender:
         self.fh.close()
 
 
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -424,6 +425,12 @@ class _Writer:
         for k, v in r.skipped.items():
             s.skipped[k] = s.skipped.get(k, 0) + v
         self.stats.merge(result.stats)
+
+    def sync_data(self) -> None:
+        """Flush the files written so far to disk (fdatasync)."""
+        for f in self.files.values():
+            f.fh.flush()
+            _fdatasync(f.fh.fileno())
 
     def finish(self, meta: dict[str, Any], *, sync: bool = True) -> StoreSummary:
         for f in self.files.values():
@@ -650,6 +657,8 @@ def _write_piece(chunk: FastaChunk, part: str, tokenizer: dict[str, Any],
 
 
 def _mp_context() -> Any:
+    import multiprocessing as mp
+
     # fork starts workers at once, with seqpad and Biopython already imported; it is
     # safe only while this process runs no other thread.
     if "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
@@ -662,6 +671,8 @@ def _write_parallel(writer: _Writer, tmp: Path, chunks: Iterator[FastaChunk], jo
                     options: dict[str, Any], progress: Callable[[int], None] | None) -> None:
     """Tokenize ``chunks`` in ``jobs`` worker processes, appending each piece to
     ``writer`` in order as soon as it and those before it are done."""
+    from concurrent.futures import ProcessPoolExecutor  # only here: not at start-up
+
     config = tokenizer.to_dict()
     done = getattr(records, "_seqpad_chunk_done", None)
     pool = ProcessPoolExecutor(jobs, mp_context=_mp_context(), initializer=_worker_init)
@@ -681,6 +692,9 @@ def _write_parallel(writer: _Writer, tmp: Path, chunks: Iterator[FastaChunk], jo
                 result = future.result()
                 writer.absorb(part, result)
                 shutil.rmtree(part)
+                # while the workers parse on, this process has nothing else to do: write
+                # the appended data to disk now, so the fsync at the end finds little left
+                writer.sync_data()
                 n_read += result.summary.records + result.summary.total_skipped
                 if done is not None:
                     done(piece)
@@ -941,6 +955,8 @@ Attributes:
 """
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import torch.utils.data
 
     from seqpad.fasta import FastaChunk

@@ -467,17 +467,24 @@ def _holey_mask(b: int, length: int, gen: torch.Generator) -> torch.Tensor:
 @pytest.mark.skipif(SF._batchnorm_cpu.load() is None, reason="needs a C++ compiler")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kw", [{}, {"momentum": None}, {"affine": False}])
-def test_fused_cpu_kernel_equals_native_on_gathered_real_positions(dtype, kw):
-    """fused=True on CPU runs the C++ kernel (checked); reference: native BN on real positions."""
+@pytest.mark.parametrize("holes", [True, False], ids=["holey", "right-padded"])
+def test_fused_cpu_kernel_equals_native_on_gathered_real_positions(dtype, kw, holes):
+    """fused=True on CPU runs the C++ kernel (checked); reference: native BN on real positions.
+    Right-padded rows take the kernel's mask-free loops; rows with holes the masked ones."""
     gen = torch.Generator().manual_seed(12)
-    b, c, length = 6, 5, 40
+    b, c, length = 6, 5, 600  # rows longer than the kernel's 256-value chunks
     ref, _ = _pair(c, "cpu", dtype, **kw)
     ours = MaskedBatchNorm1d(c, dtype=dtype, fused=True, **kw)  # type: ignore[arg-type]
     ours.load_state_dict(ref.state_dict())
     ref = nn.BatchNorm1d(c, dtype=dtype, **kw)  # type: ignore[arg-type]
     ref.load_state_dict(ours.state_dict())
     for _ in range(3):
-        mask = _holey_mask(b, length, gen)
+        if holes:
+            mask = _holey_mask(b, length, gen)
+        else:
+            lengths = torch.randint(1, length + 1, (b,), generator=gen)
+            lengths[0], lengths[1], lengths[2] = length, 0, 257
+            mask = lengths_to_mask(lengths, length)
         x = torch.randn(b, c, length, generator=gen, dtype=dtype) * 3 - 1
         x.masked_fill_(~mask, float("nan"))  # padding must not matter, nan included
         dy = torch.randn(b, c, length, generator=gen, dtype=dtype)

@@ -83,9 +83,11 @@ template <> struct Io<uint16_t> {  // bfloat16
   }
 };
 
-struct Rows {  // first and one-past-last real position of each row
+struct Rows {  // first and one-past-last real position of each row, and whether every
+              // position between them is real (right padding: the usual case)
   std::vector<int64_t> lo, hi;
-  Rows(const uint8_t* m, int64_t B, int64_t L) : lo(B), hi(B) {
+  std::vector<bool> dense;
+  Rows(const uint8_t* m, int64_t B, int64_t L) : lo(B), hi(B), dense(B) {
     for (int64_t b = 0; b < B; ++b) {
       const uint8_t* r = m + b * L;
       int64_t i = 0, j = L;
@@ -93,9 +95,15 @@ struct Rows {  // first and one-past-last real position of each row
       while (j > i && !r[j - 1]) --j;
       lo[b] = i;
       hi[b] = j;
+      bool all = true;
+      for (int64_t k = i; k < j; ++k) all = all && r[k];
+      dense[b] = all;
     }
   }
 };
+
+// Dense rows skip the mask: the same loops without loading and testing it.
+#define SEQPAD_REAL(expr) (Dense || mr[i] ? (expr) : Cc(0))
 
 template <typename F>
 void parallel_channels(int64_t C, int nthreads, F f) {
@@ -103,13 +111,74 @@ void parallel_channels(int64_t C, int nthreads, F f) {
     for (int64_t c = 0; c < C; ++c) f(c);
     return;
   }
-  int nt = static_cast<int>(nthreads < C ? nthreads : C);
+  // Each thread takes a contiguous block of channels: neighbouring channels are
+  // neighbouring rows in memory, so one thread streams through whole pages.
+  const int nt = static_cast<int>(nthreads < C ? nthreads : C);
+  auto block = [=](int t) {
+    const int64_t c1 = C * (t + 1) / nt;
+    for (int64_t c = C * t / nt; c < c1; ++c) f(c);
+  };
   std::vector<std::thread> pool;
   pool.reserve(nt - 1);
-  for (int t = 1; t < nt; ++t)
-    pool.emplace_back([=]() { for (int64_t c = t; c < C; c += nt) f(c); });
-  for (int64_t c = 0; c < C; c += nt) f(c);
+  for (int t = 1; t < nt; ++t) pool.emplace_back(block, t);
+  block(0);
   for (auto& th : pool) th.join();
+}
+
+// One row's pieces of work, with the mask (Dense = false) or without it (every
+// position in [i0, i1) real).
+template <bool Dense, typename S, typename Cc>
+inline Cc sum_dev(const S* xr, const uint8_t* mr, int64_t i0, int64_t i1, Cc x0) {
+  Cc p = 0;
+#pragma omp simd reduction(+ : p)
+  for (int64_t i = i0; i < i1; ++i) p += SEQPAD_REAL(Io<S>::ld(xr[i]) - x0);
+  return p;
+}
+
+template <bool Dense, typename S, typename Cc>
+inline Cc sum_sq_dev(const S* xr, const uint8_t* mr, int64_t i0, int64_t i1, Cc mc) {
+  Cc p = 0;
+#pragma omp simd reduction(+ : p)
+  for (int64_t i = i0; i < i1; ++i) {
+    const Cc d = Io<S>::ld(xr[i]) - mc;
+    p += SEQPAD_REAL(d * d);
+  }
+  return p;
+}
+
+template <bool Dense, typename S, typename Cc>
+inline void normalize(const S* xr, S* yr, const uint8_t* mr, int64_t i0, int64_t i1, Cc mc,
+                      Cc alpha, Cc beta) {
+#pragma omp simd
+  for (int64_t i = i0; i < i1; ++i) {
+    const Cc v = (Io<S>::ld(xr[i]) - mc) * alpha + beta;
+    yr[i] = Io<S>::st(SEQPAD_REAL(v));
+  }
+}
+
+template <bool Dense, typename S, typename Cc>
+inline void sums_dy(const S* gr, const S* xr, const uint8_t* mr, int64_t i0, int64_t i1,
+                    Cc mc, Cc& a_out, Cc& d_out) {
+  Cc a = 0, d = 0;
+#pragma omp simd reduction(+ : a, d)
+  for (int64_t i = i0; i < i1; ++i) {
+    const Cc g = Io<S>::ld(gr[i]);
+    const Cc t = Io<S>::ld(xr[i]) - mc;
+    a += SEQPAD_REAL(g);
+    d += SEQPAD_REAL(g * t);
+  }
+  a_out = a;
+  d_out = d;
+}
+
+template <bool Dense, typename S, typename Cc>
+inline void grad_input(const S* gr, const S* xr, S* dr, const uint8_t* mr, int64_t i0,
+                       int64_t i1, Cc mc, Cc k1, Cc k2, Cc k3) {
+#pragma omp simd
+  for (int64_t i = i0; i < i1; ++i) {
+    const Cc v = k1 * Io<S>::ld(gr[i]) + k2 * (Io<S>::ld(xr[i]) - mc) + k3;
+    dr[i] = Io<S>::st(SEQPAD_REAL(v));
+  }
 }
 
 template <typename S, typename P>
@@ -136,10 +205,8 @@ void forward(const S* x, const uint8_t* m, S* y, const P* w, const P* bias,
       const uint8_t* mr = m + b * L;
       for (int64_t i0 = rows.lo[b]; i0 < rows.hi[b]; i0 += kChunk) {
         const int64_t i1 = i0 + kChunk < rows.hi[b] ? i0 + kChunk : rows.hi[b];
-        Cc p = 0;
-#pragma omp simd reduction(+ : p)
-        for (int64_t i = i0; i < i1; ++i) p += mr[i] ? Io<S>::ld(xr[i]) - x0 : Cc(0);
-        s += static_cast<double>(p);
+        s += static_cast<double>(rows.dense[b] ? sum_dev<true>(xr, mr, i0, i1, x0)
+                                               : sum_dev<false>(xr, mr, i0, i1, x0));
       }
     }
     const double mean = count > 0 ? static_cast<double>(x0) + s / n : 0.0;
@@ -152,13 +219,8 @@ void forward(const S* x, const uint8_t* m, S* y, const P* w, const P* bias,
       const uint8_t* mr = m + b * L;
       for (int64_t i0 = rows.lo[b]; i0 < rows.hi[b]; i0 += kChunk) {
         const int64_t i1 = i0 + kChunk < rows.hi[b] ? i0 + kChunk : rows.hi[b];
-        Cc p = 0;
-#pragma omp simd reduction(+ : p)
-        for (int64_t i = i0; i < i1; ++i) {
-          const Cc d = Io<S>::ld(xr[i]) - meanc;
-          p += mr[i] ? d * d : Cc(0);
-        }
-        m2 += static_cast<double>(p);
+        m2 += static_cast<double>(rows.dense[b] ? sum_sq_dev<true>(xr, mr, i0, i1, meanc)
+                                                : sum_sq_dev<false>(xr, mr, i0, i1, meanc));
       }
     }
     const double shift = mean - static_cast<double>(meanc);
@@ -174,11 +236,10 @@ void forward(const S* x, const uint8_t* m, S* y, const P* w, const P* bias,
       const uint8_t* mr = m + b * L;
       const int64_t lo = rows.lo[b], hi = rows.hi[b];
       for (int64_t i = 0; i < lo; ++i) yr[i] = zero;
-#pragma omp simd
-      for (int64_t i = lo; i < hi; ++i) {
-        const Cc v = (Io<S>::ld(xr[i]) - meanc) * alpha + beta;
-        yr[i] = Io<S>::st(mr[i] ? v : Cc(0));
-      }
+      if (rows.dense[b])
+        normalize<true>(xr, yr, mr, lo, hi, meanc, alpha, beta);
+      else
+        normalize<false>(xr, yr, mr, lo, hi, meanc, alpha, beta);
       for (int64_t i = hi; i < L; ++i) yr[i] = zero;
     }
     mean_out[c] = static_cast<P>(mean);
@@ -203,14 +264,11 @@ void backward(const S* dy, const S* x, const uint8_t* m, const P* w, const P* me
       const uint8_t* mr = m + b * L;
       for (int64_t i0 = rows.lo[b]; i0 < rows.hi[b]; i0 += kChunk) {
         const int64_t i1 = i0 + kChunk < rows.hi[b] ? i0 + kChunk : rows.hi[b];
-        Cc a = 0, d = 0;
-#pragma omp simd reduction(+ : a, d)
-        for (int64_t i = i0; i < i1; ++i) {
-          const Cc g = Io<S>::ld(gr[i]);
-          const Cc t = Io<S>::ld(xr[i]) - meanc;
-          a += mr[i] ? g : Cc(0);
-          d += mr[i] ? g * t : Cc(0);
-        }
+        Cc a, d;
+        if (rows.dense[b])
+          sums_dy<true>(gr, xr, mr, i0, i1, meanc, a, d);
+        else
+          sums_dy<false>(gr, xr, mr, i0, i1, meanc, a, d);
         sdy += static_cast<double>(a);
         sdx += static_cast<double>(d);
       }
@@ -228,11 +286,10 @@ void backward(const S* dy, const S* x, const uint8_t* m, const P* w, const P* me
       const uint8_t* mr = m + b * L;
       const int64_t lo = rows.lo[b], hi = rows.hi[b];
       for (int64_t i = 0; i < lo; ++i) dr[i] = zero;
-#pragma omp simd
-      for (int64_t i = lo; i < hi; ++i) {
-        const Cc v = k1 * Io<S>::ld(gr[i]) + k2 * (Io<S>::ld(xr[i]) - meanc) + k3;
-        dr[i] = Io<S>::st(mr[i] ? v : Cc(0));
-      }
+      if (rows.dense[b])
+        grad_input<true>(gr, xr, dr, mr, lo, hi, meanc, k1, k2, k3);
+      else
+        grad_input<false>(gr, xr, dr, mr, lo, hi, meanc, k1, k2, k3);
       for (int64_t i = hi; i < L; ++i) dr[i] = zero;
     }
     if (grad_w) grad_w[c] = static_cast<P>(sdx * invstd);

@@ -407,17 +407,17 @@ class _Writer:
 
     def absorb(self, part: Path, result: _PartResult) -> None:
         """Append the store piece a worker wrote into directory ``part``."""
-        n = result.records
+        s, r = self.summary, result.summary
+        n = r.records
         f = self.files
-        f["ids.npy"].append_npy(part / "ids.npy", result.tokens)
+        f["ids.npy"].append_npy(part / "ids.npy", r.tokens)
         # offsets: the piece's own start at 0 is dropped; the rest are shifted
         f["offsets.npy"].append_npy(part / "offsets.npy", n + 1, skip=1, shift=self.n_tokens)
         f["names.npy"].append_npy(part / "names.npy", result.name_bytes)
         f["name_offsets.npy"].append_npy(part / "name_offsets.npy", n + 1, skip=1,
                                          shift=self.n_name_bytes)
-        self.n_tokens += result.tokens
+        self.n_tokens += r.tokens
         self.n_name_bytes += result.name_bytes
-        s, r = self.summary, result.summary
         s.records += r.records
         s.truncated += r.truncated
         s.residues += r.residues
@@ -512,15 +512,14 @@ def write_store(
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a store is a normal directory
     writer: _Writer | None = None
     try:
-        options = {"min_length": min_length, "max_length": max_length, "truncate": truncate,
-                   "add_bos": add_bos, "add_eos": add_eos}
+        options: dict[str, Any] = {"min_length": min_length, "max_length": max_length,
+                                   "truncate": truncate, "add_bos": add_bos, "add_eos": add_eos}
         writer = _Writer(tmp, tokenizer, **options)
         chunks = _chunks_of(records, jobs)
         if chunks is not None:
             try:
-                _write_parallel(writer, tmp, chunks, jobs, records, tokenizer,
-                                batch_residues=batch_residues, options=options,
-                                progress=progress)
+                _write_parallel(writer, tmp, chunks, jobs, records, options,
+                                batch_residues=batch_residues, progress=progress)
             except Exception:
                 # Bad input (or anything else) in some piece: start again in this process,
                 # which stops at the first problem with its file, line and record exactly
@@ -535,9 +534,7 @@ def write_store(
                 writer = _Writer(tmp, tokenizer, **options)
                 chunks = None
         if chunks is None:
-            _write_records(writer, records, batch_residues=batch_residues,
-                           min_length=min_length, max_length=max_length, truncate=truncate,
-                           progress=progress)
+            _write_records(writer, records, batch_residues, progress)
         meta: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -568,13 +565,13 @@ def write_store(
     return summary
 
 
-def _write_records(writer: _Writer, records: Iterable[tuple[str, Any]], *,
-                   batch_residues: int, min_length: int, max_length: int | None,
-                   truncate: bool, progress: Callable[[int], None] | None) -> int:
+def _write_records(writer: _Writer, records: Iterable[tuple[str, Any]], batch_residues: int,
+                   progress: Callable[[int], None] | None) -> int:
     """Filter, encode and append ``records`` batch by batch; returns how many were read."""
     skipped = writer.summary.skipped
+    min_length, max_length = writer.min_length, writer.max_length
     batch_start = 0  # index in ``records`` of the batch's first record
-    drop_long = max_length is not None and not truncate
+    drop_long = max_length is not None and not writer.truncate
     batches = records._seqpad_batches(batch_residues) \
         if hasattr(records, "_seqpad_batches") else _batched(records, batch_residues)
     for names, seqs, joined in batches:
@@ -612,8 +609,7 @@ PARALLEL_MIN_BYTES = 8 << 20
 class _PartResult:
     """What a worker wrote into its piece directory."""
 
-    records: int
-    tokens: int
+    read: int  # records read, written or skipped
     name_bytes: int
     summary: StoreSummary
     stats: _LengthStats
@@ -643,17 +639,14 @@ def _write_piece(chunk: FastaChunk, part: str, tokenizer: dict[str, Any],
     writer = _Writer(out, Tokenizer.from_dict(tokenizer), **options)
     reader = chunk.open()
     try:
-        _write_records(writer, reader, batch_residues=batch_residues,
-                       min_length=options["min_length"], max_length=options["max_length"],
-                       truncate=options["truncate"], progress=None)
+        read = _write_records(writer, reader, batch_residues, None)
         writer.finish({}, sync=False)
     except BaseException:
         writer.abort()
         raise
     finally:
         reader.close()
-    return _PartResult(writer.summary.records, writer.n_tokens, writer.n_name_bytes,
-                       writer.summary, writer.stats)
+    return _PartResult(read, writer.n_name_bytes, writer.summary, writer.stats)
 
 
 def _mp_context() -> Any:
@@ -667,13 +660,14 @@ def _mp_context() -> Any:
 
 
 def _write_parallel(writer: _Writer, tmp: Path, chunks: Iterator[FastaChunk], jobs: int,
-                    records: Any, tokenizer: Tokenizer, *, batch_residues: int,
-                    options: dict[str, Any], progress: Callable[[int], None] | None) -> None:
-    """Tokenize ``chunks`` in ``jobs`` worker processes, appending each piece to
-    ``writer`` in order as soon as it and those before it are done."""
+                    records: Any, options: dict[str, Any], *, batch_residues: int,
+                    progress: Callable[[int], None] | None) -> None:
+    """Tokenize ``chunks`` in ``jobs`` worker processes with ``writer``'s tokenizer and
+    ``options``, appending each piece to ``writer`` in order as soon as it and those
+    before it are done."""
     from concurrent.futures import ProcessPoolExecutor  # only here: not at start-up
 
-    config = tokenizer.to_dict()
+    config = writer.tok.to_dict()
     done = getattr(records, "_seqpad_chunk_done", None)
     pool = ProcessPoolExecutor(jobs, mp_context=_mp_context(), initializer=_worker_init)
     window: deque[tuple[FastaChunk, Path, Future[_PartResult]]] = deque()
@@ -695,7 +689,7 @@ def _write_parallel(writer: _Writer, tmp: Path, chunks: Iterator[FastaChunk], jo
                 # while the workers parse on, this process has nothing else to do: write
                 # the appended data to disk now, so the fsync at the end finds little left
                 writer.sync_data()
-                n_read += result.summary.records + result.summary.total_skipped
+                n_read += result.read
                 if done is not None:
                     done(piece)
                 if progress is not None:

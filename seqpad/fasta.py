@@ -68,6 +68,9 @@ class FastaFormatError(ValueError):
         parts.append(reason)
         super().__init__(": ".join(parts))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across processes
+        return (type(self), (self.path, self.line, self.reason, self.record), self.__dict__)
+
 
 def _display(path: str | os.PathLike[str]) -> str:
     p = os.fspath(path)
@@ -146,6 +149,16 @@ class _Source:
                 )
         self.binary = gzip.GzipFile(fileobj=buffered, mode="rb") if self.compressed \
             else buffered
+
+    def same_file(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` still names the file this source has open."""
+        if self._fileio is None or self._fileio.closed:
+            return False
+        try:
+            a, b = os.fstat(self._fileio.fileno()), os.stat(path)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
     @property
     def bytes_read(self) -> int | None:
@@ -263,11 +276,20 @@ class FastaReader:
         A plain file is cut into byte ranges (each worker reads its own); a gzip
         file is decompressed here and cut into in-memory pieces.  Parsing the
         pieces one after the other gives the records of the whole file, in order.
-        The file is opened afresh, so this reader is left untouched.
+        The file is opened afresh by its path, so only a reader that nothing has been
+        read from yet qualifies, and only while its path still names the open file.
         """
-        if self._src.is_stdin or self.size is None or self.size < min_bytes:
+        if self._iterated or self._src.is_stdin or self.size is None or \
+                self.size < min_bytes or not self._src.same_file(self._path_arg):
             return None
         return plan_chunks(self._path_arg, self._full_title, chunk_bytes(self.size, jobs))
+
+    def _seqpad_chunks_written(self, records: int) -> None:
+        """The pieces from :meth:`_seqpad_chunks` were all written: ``records`` records
+        in all. The reader is then used up, as if iterated to the end."""
+        self._iterated = True
+        self.records_read = records
+        self.close()
 
     # -------------------------------------------------------------- internals
     def _rescan(self, fn: Any) -> Any:
@@ -407,6 +429,9 @@ class FastaChunk:
 #: Bounds on the size of the pieces a file is cut into for several processes.
 MIN_CHUNK_BYTES = 4 << 20
 MAX_CHUNK_BYTES = 64 << 20
+#: A gzip file's pieces are decompressed text held in memory until a worker has
+#: written them (about ``jobs + 2`` at a time): they are kept this small.
+GZIP_CHUNK_BYTES = 4 << 20
 
 
 def chunk_bytes(total: int, jobs: int) -> int:
@@ -423,13 +448,19 @@ _RECORD_START = re.compile(rb"[\r\n]>")
 def plan_chunks(path: str | os.PathLike[str], full_title: bool, size: int
                 ) -> Iterator[FastaChunk]:
     """Pieces of about ``size`` bytes of one file, each starting at a record (see
-    :meth:`FastaReader._seqpad_chunks`).  Errors (unreadable, unsupported
-    compression) are raised as :class:`FastaFormatError` when iterated."""
+    :meth:`FastaReader._seqpad_chunks`); at most ``GZIP_CHUNK_BYTES`` of decompressed
+    text for gzip, since those pieces are held in memory.  Errors (unreadable,
+    unsupported compression) are raised as :class:`FastaFormatError` when iterated."""
     size = max(int(size), 1)
     src = _Source(path)
     try:
         if src.compressed:
-            yield from _pieces(src, os.fspath(path), full_title, size)
+            try:
+                yield from _pieces(src, os.fspath(path), full_title,
+                                   min(size, GZIP_CHUNK_BYTES))
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # bad input, said so
+                raise FastaFormatError(src.display, None, f"corrupt or truncated gzip ({e})") \
+                    from None
         else:
             total = src.size or 0
             src.close()

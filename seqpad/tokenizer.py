@@ -46,11 +46,16 @@ class UnknownSymbolError(ValueError):
         self.symbol = symbol
         self.position = position
         self.record = record
+        self.alphabet = alphabet
         where = f"record {record!r}, " if record is not None else ""
         hint = f" (alphabet {alphabet})" if alphabet else ""
         super().__init__(
             f"{where}position {position}: symbol {symbol!r} is not in the alphabet{hint}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across processes, extra attributes too
+        return (type(self), (self.symbol, self.position, self.record, self.alphabet),
+                self.__dict__)
 
 
 class Tokenizer:

@@ -241,3 +241,13 @@ def test_write_read_round_trip(records: list[tuple[str, str]], width: int, crlf:
         assert list(read_fasta(p)) == records
 
 
+
+
+def test_fasta_format_error_pickles_with_its_attributes() -> None:
+    import pickle
+
+    e = FastaFormatError("in.fa", 12, "binary data (NUL byte)", record="r1")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is FastaFormatError and str(back) == str(e)
+    assert (back.path, back.line, back.reason, back.record) == ("in.fa", 12,
+                                                                "binary data (NUL byte)", "r1")

@@ -196,3 +196,16 @@ def test_any_text_either_encodes_or_names_first_bad_symbol(seq: str) -> None:
 def test_unk_policy_maps_non_ascii_characters_one_to_one() -> None:
     tok = Tokenizer("dna", unknown="unk")
     assert tok.encode("Aé\u4e2dC").tolist() == [5, UNK_ID, UNK_ID, 6]
+
+
+def test_unknown_symbol_error_pickles_with_its_attributes() -> None:
+    """Worker processes (seqpad tokenize --jobs, DataLoader workers) send it back pickled."""
+    import pickle
+
+    with pytest.raises(UnknownSymbolError) as info:
+        Tokenizer("dna").encode("ACGTX", record="r1")
+    e = info.value
+    e.record_index = 7  # type: ignore[attr-defined]
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is UnknownSymbolError and str(back) == str(e)
+    assert (back.symbol, back.position, back.record, back.record_index) == ("X", 5, "r1", 7)

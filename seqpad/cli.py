@@ -12,6 +12,7 @@ import itertools
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -106,13 +107,14 @@ class _Inputs:
                         ) -> Iterator[tuple[list[str], list[str], str]]:
         """Batches of records for :func:`seqpad.store.write_store` (the fast path;
         see ``FastaReader._seqpad_batches``)."""
+        self.chunk_bytes_done = 0  # a parallel attempt that failed counts no more
         return itertools.chain.from_iterable(
             r._seqpad_batches(max_residues) for r in map(self._open, self.paths))
 
     def _seqpad_chunks(self, jobs: int, min_bytes: int) -> Iterator[FastaChunk] | None:
         """Every file cut into pieces for ``jobs`` processes (see
         ``FastaReader._seqpad_chunks``); None with stdin or a small input."""
-        if self.total_bytes is None or self.total_bytes < min_bytes:
+        if self.readers or self.total_bytes is None or self.total_bytes < min_bytes:
             return None
         size = chunk_bytes(self.total_bytes, jobs)
         return itertools.chain.from_iterable(
@@ -144,11 +146,19 @@ class _Inputs:
 
 
 def default_jobs() -> int:
-    """``--jobs 0``: the CPUs this process may run on, at most 8."""
+    """``--jobs 0``: the CPUs this process may run on (its affinity, and a container's
+    CPU quota where cgroup v2 sets one), at most 8."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
     return max(1, min(cpus, 8))
 
 
@@ -300,8 +310,9 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
     gc_was_enabled = gc.isenabled()
     gc.disable()  # no reference cycles here; the collector would only rescan the batches
     try:
-        with click.progressbar(length=total or 0, label="tokenizing", file=sys.stderr,
-                               show_eta=True, show_percent=total is not None) \
+        with _seqpad_warnings_as_lines(), \
+                click.progressbar(length=total or 0, label="tokenizing", file=sys.stderr,
+                                  show_eta=True, show_percent=total is not None) \
                 if show else contextlib.nullcontext() as bar:
             summary = write_store(output, source, tokenizer, min_length=min_length,
                                   max_length=max_length, truncate=long_policy == "truncate",
@@ -366,6 +377,23 @@ def histogram(lengths: np.ndarray, *, bins: int = 12, width: int = 40) -> str:
             bar = "."
         rows.append(f"{label:>{lw}} | {c:>{cw},} {bar}")
     return "\n".join(rows)
+
+
+@contextlib.contextmanager
+def _seqpad_warnings_as_lines() -> Iterator[None]:
+    """seqpad's own warnings (e.g. worker processes that failed) as one ``seqpad:
+    warning:`` line each on stderr; other warnings are shown as usual."""
+    with warnings.catch_warnings(record=True) as noted:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            yield
+        finally:
+            for w in noted:
+                text = str(w.message)
+                if text.startswith("seqpad: "):
+                    click.echo(f"seqpad: warning: {text.removeprefix('seqpad: ')}", err=True)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 class _Terminated(BaseException):

@@ -17,14 +17,17 @@ leaves a store that opens.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -246,7 +249,8 @@ class _NpyAppender:
         self.fh.close()
 
     def abort(self) -> None:
-        self.fh.close()
+        with contextlib.suppress(OSError):  # e.g. a full disk, again, on the last flush
+            self.fh.close()
 
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
@@ -518,12 +522,17 @@ def write_store(
         chunks = _chunks_of(records, jobs)
         if chunks is not None:
             try:
-                _write_parallel(writer, tmp, chunks, jobs, records, options,
-                                batch_residues=batch_residues, progress=progress)
-            except Exception:
-                # Bad input (or anything else) in some piece: start again in this process,
-                # which stops at the first problem with its file, line and record exactly
-                # as a one-process run does (the input is a file: it can be read again).
+                n_read = _write_parallel(writer, tmp, chunks, jobs, records, options,
+                                         batch_residues=batch_residues, progress=progress)
+            except _PieceFailed as failed:
+                # Bad input in some piece (or a worker that died): start again in this
+                # process, which stops at the first problem with its file, line and record
+                # exactly as a one-process run does (the input is a file: it can be read
+                # again). Bad input raises ValueError; anything else is worth a word.
+                if not isinstance(failed.cause, ValueError):
+                    warnings.warn(f"seqpad: worker processes failed ({failed.cause!r}); "
+                                  "writing the store in this process instead",
+                                  RuntimeWarning, stacklevel=2)
                 writer.abort()
                 writer = None
                 for child in tmp.iterdir():
@@ -533,6 +542,10 @@ def write_store(
                         child.unlink()
                 writer = _Writer(tmp, tokenizer, **options)
                 chunks = None
+            else:
+                written = getattr(records, "_seqpad_chunks_written", None)
+                if written is not None:
+                    written(n_read)
         if chunks is None:
             _write_records(writer, records, batch_residues, progress)
         meta: dict[str, Any] = {
@@ -624,10 +637,30 @@ def _chunks_of(records: Any, jobs: int) -> Iterator[FastaChunk] | None:
     return chunks
 
 
-def _worker_init() -> None:
+class _PieceFailed(Exception):
+    """A piece could not be cut or written (``cause``): the caller starts over in one
+    process. Errors of this process's own work (appending pieces, a progress callback)
+    are not wrapped: they end the write as they would with one process."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+def _worker_init(parent: int | None) -> None:
     # Ctrl-C and SIGTERM are the parent's business: it stops the workers and cleans up.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform == "linux":
+        # If the parent is killed outright (SIGKILL, the OOM killer), take this worker
+        # with it: it would otherwise wait for work forever, holding the temporary files.
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if parent is not None and os.getppid() != parent:  # died before prctl took effect
+            os._exit(1)
     gc.disable()  # no reference cycles are made; the collector would rescan the batches
 
 
@@ -653,37 +686,60 @@ def _mp_context() -> Any:
     import multiprocessing as mp
 
     # fork starts workers at once, with seqpad and Biopython already imported; it is
-    # safe only while this process runs no other thread.
-    if "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
+    # safe only while this process runs no other thread (a lock another thread holds
+    # would stay held in the worker). Otherwise a fresh interpreter per worker.
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
         return mp.get_context("fork")
-    return mp.get_context()
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def _write_parallel(writer: _Writer, tmp: Path, chunks: Iterator[FastaChunk], jobs: int,
                     records: Any, options: dict[str, Any], *, batch_residues: int,
-                    progress: Callable[[int], None] | None) -> None:
-    """Tokenize ``chunks`` in ``jobs`` worker processes with ``writer``'s tokenizer and
-    ``options``, appending each piece to ``writer`` in order as soon as it and those
-    before it are done."""
+                    progress: Callable[[int], None] | None) -> int:
+    """Tokenize ``chunks`` in up to ``jobs`` worker processes with ``writer``'s tokenizer
+    and ``options``, appending each piece to ``writer`` in order as soon as it and those
+    before it are done; returns the number of records read.
+
+    Raises :class:`_PieceFailed` when cutting or writing a piece fails."""
     from concurrent.futures import ProcessPoolExecutor  # only here: not at start-up
 
+    def pieces() -> Iterator[FastaChunk]:
+        try:
+            yield from chunks
+        except Exception as e:  # an unreadable file, truncated gzip, ...
+            raise _PieceFailed(e) from e
+
+    todo = pieces()
+    head = list(itertools.islice(todo, jobs + 1))  # no more workers than pieces
     config = writer.tok.to_dict()
     done = getattr(records, "_seqpad_chunk_done", None)
-    pool = ProcessPoolExecutor(jobs, mp_context=_mp_context(), initializer=_worker_init)
+    context = _mp_context()
+    # the parent a worker sees: this process, except under forkserver (the server)
+    parent = None if context.get_start_method() == "forkserver" else os.getpid()
+    pool = ProcessPoolExecutor(max(1, min(jobs, len(head))), mp_context=context,
+                               initializer=_worker_init, initargs=(parent,))
     window: deque[tuple[FastaChunk, Path, Future[_PartResult]]] = deque()
     n_read = 0
     finished = False
     try:
-        for k, chunk in enumerate(itertools.chain(chunks, (None,))):
+        for k, chunk in enumerate(itertools.chain(head, todo, (None,))):
             if chunk is not None:
                 part = tmp / f".piece-{k}"
-                window.append((chunk, part, pool.submit(
-                    _write_piece, chunk, str(part), config, options, batch_residues)))
+                try:
+                    future = pool.submit(_write_piece, chunk, str(part), config, options,
+                                         batch_residues)
+                except Exception as e:  # BrokenProcessPool: a worker died
+                    raise _PieceFailed(e) from e
+                window.append((chunk, part, future))
             # keep every worker busy with one piece queued behind it; memory stays
             # bounded (a gzip file's pieces are held here until a worker takes them)
             while window and (chunk is None or len(window) > jobs + 1):
                 piece, part, future = window.popleft()
-                result = future.result()
+                try:
+                    result = future.result()
+                except Exception as e:  # bad input in the piece, or a worker died
+                    raise _PieceFailed(e) from e
                 writer.absorb(part, result)
                 shutil.rmtree(part)
                 # while the workers parse on, this process has nothing else to do: write
@@ -705,6 +761,7 @@ def _write_parallel(writer: _Writer, tmp: Path, chunks: Iterator[FastaChunk], jo
                 if proc.is_alive():
                     proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+    return n_read
 
 
 def _batched(records: Iterable[tuple[str, Any]], limit: int

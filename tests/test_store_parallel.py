@@ -35,6 +35,7 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture
 def tiny_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(seqpad.fasta, "MIN_CHUNK_BYTES", 1)
+    monkeypatch.setattr(seqpad.fasta, "GZIP_CHUNK_BYTES", 1 << 62)  # MAX_CHUNK_BYTES rules
     monkeypatch.setattr(seqpad.store, "PARALLEL_MIN_BYTES", 0)
 
 
@@ -284,3 +285,163 @@ def test_bad_record_error_is_raised_not_swallowed(tiny_pieces: None, tmp_path: P
         write_store(tmp_path / "s", read_fasta(src), Tokenizer("protein"), jobs=2)
     assert info.value.record == "b" and info.value.position == 3
     assert info.value.record_index == 2000  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------ review findings, kept fixed
+def test_a_reader_already_read_from_is_not_read_again(tiny_pieces: None, tmp_path: Path,
+                                                      ecoli_plain: Path) -> None:
+    tok = Tokenizer("protein")
+    stores = []
+    for jobs in (1, 2):
+        r = read_fasta(ecoli_plain)
+        next(r)
+        write_store(tmp_path / f"j{jobs}", r, tok, jobs=jobs)
+        stores.append(store_bytes(tmp_path / f"j{jobs}"))
+    assert stores[0] == stores[1]
+    assert len(seqpad.store.TokenizedDataset(tmp_path / "j2")) == 4362
+
+
+def test_the_reader_is_used_up_after_a_parallel_write(tiny_pieces: None, tmp_path: Path,
+                                                      ecoli_plain: Path) -> None:
+    r = read_fasta(ecoli_plain)
+    write_store(tmp_path / "s", r, Tokenizer("protein"), jobs=2)
+    assert r.records_read == 4363 and r._src._fileio.closed  # as after jobs=1
+
+
+def test_a_worker_that_dies_is_replaced_by_this_process(tiny_pieces: None, tmp_path: Path,
+                                                        ecoli_plain: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed outright (the OOM killer): the store is still written, in this
+    process, with a warning; the progress bar's bytes never pass the input size."""
+    if seqpad.store._mp_context().get_start_method() != "fork":
+        pytest.skip("the patched worker function reaches workers only by fork")
+    monkeypatch.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", 100_000)
+    monkeypatch.setattr(seqpad.store, "_write_piece", _dies_on_third_piece)
+    from seqpad.cli import _Inputs
+
+    source = _Inputs([str(ecoli_plain)], full_title=False)
+    seen: list[int] = []
+    with pytest.warns(RuntimeWarning, match="worker processes failed.*terminated abruptly"):
+        s = write_store(tmp_path / "s", source, Tokenizer("protein"), jobs=2,
+                        progress=lambda _n: seen.append(source.bytes_read()))
+    source.close()
+    assert s.records == 4363
+    assert store_bytes(tmp_path / "s") == store_bytes(
+        _one_process(tmp_path / "ref", ecoli_plain))
+    assert seen[-1] == source.total_bytes and max(seen) <= source.total_bytes
+
+
+_REAL_WRITE_PIECE = seqpad.store._write_piece
+
+
+def _dies_on_third_piece(chunk, part, *args):  # type: ignore[no-untyped-def]
+    if part.endswith("piece-2"):
+        os._exit(9)  # as the OOM killer would end it
+    return _REAL_WRITE_PIECE(chunk, part, *args)
+
+
+def _one_process(out: Path, src: Path) -> Path:
+    write_store(out, read_fasta(src), Tokenizer("protein"))
+    return out
+
+
+def test_errors_of_this_process_are_not_retried(tiny_pieces: None, tmp_path: Path,
+                                                ecoli_plain: Path) -> None:
+    """A progress callback that raises ends the write, as with jobs=1."""
+    calls = []
+
+    def stop(n: int) -> None:
+        calls.append(n)
+        raise KeyError("stop")
+
+    for jobs in (1, 2):
+        calls.clear()
+        with pytest.raises(KeyError, match="stop"):
+            write_store(tmp_path / "s", read_fasta(ecoli_plain), Tokenizer("protein"),
+                        jobs=jobs, progress=stop)
+        assert len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_no_more_workers_than_pieces(tiny_pieces: None, tmp_path: Path, ecoli_plain: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import concurrent.futures
+
+    sizes = []
+    real = concurrent.futures.ProcessPoolExecutor
+
+    def recording(max_workers, **kw):  # type: ignore[no-untyped-def]
+        sizes.append(max_workers)
+        return real(max_workers, **kw)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", recording)
+    monkeypatch.setattr(seqpad.fasta, "MIN_CHUNK_BYTES", 1_000_000)  # 2 pieces
+    monkeypatch.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", 1_000_000)
+    write_store(tmp_path / "s", read_fasta(ecoli_plain), Tokenizer("protein"), jobs=8)
+    assert sizes == [2]
+
+
+def test_workers_are_not_forked_while_other_threads_run() -> None:
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert seqpad.store._mp_context().get_start_method() in ("forkserver", "spawn")
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_gzip_pieces_stay_small(tmp_path: Path) -> None:
+    """A gzip file's pieces are held in memory: GZIP_CHUNK_BYTES each (plus the rest of
+    the record the limit falls in), whatever piece size is asked for."""
+    block = gzip.decompress(ECOLI.read_bytes())
+    src = tmp_path / "x.fa.gz"
+    src.write_bytes(gzip.compress(block * 4, compresslevel=1))
+    longest = max(len(r) for r in block.split(b"\n>"))
+    sizes = [len(c.data or b"") for c in plan_chunks(src, False, 64 << 20)]
+    assert sum(sizes) == 4 * len(block) and len(sizes) >= 2
+    assert max(sizes) <= seqpad.fasta.GZIP_CHUNK_BYTES + longest
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
+def test_workers_end_when_the_parent_is_killed(tmp_path: Path) -> None:
+    src = tmp_path / "big.fa"
+    block = gzip.decompress(ECOLI.read_bytes())
+    with open(src, "wb") as f:
+        for k in range(20):
+            f.write(block.replace(b">", f">c{k}_".encode()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqpad", "tokenize", str(src), "-o", str(tmp_path / "s"),
+         "--alphabet", "protein", "-j", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".s.tmp*/.piece-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    children = _children(proc.pid)
+    proc.kill()
+    proc.communicate(timeout=60)
+    if not children:
+        pytest.skip("the run finished before the workers were seen")
+    deadline = time.monotonic() + 10
+    while [c for c in children if _alive(c)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [c for c in children if _alive(c)]
+
+
+def test_cli_says_when_workers_failed(tiny_pieces: None, tmp_path: Path, ecoli_plain: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    if seqpad.store._mp_context().get_start_method() != "fork":
+        pytest.skip("the patched worker function reaches workers only by fork")
+    monkeypatch.setattr(seqpad.fasta, "MAX_CHUNK_BYTES", 100_000)
+    monkeypatch.setattr(seqpad.store, "_write_piece", _dies_on_third_piece)
+    r = CliRunner().invoke(cli, ["tokenize", str(ecoli_plain), "-o", str(tmp_path / "s"),
+                                 "--alphabet", "protein", "-j", "2"])
+    assert r.exit_code == 0, r.output
+    assert "records written   4,363" in r.stdout
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seqpad: warning: worker processes failed")
+    assert store_bytes(tmp_path / "s") == store_bytes(_one_process(tmp_path / "r", ecoli_plain))

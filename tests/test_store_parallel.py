@@ -236,21 +236,7 @@ def test_other_iterables_ignore_jobs(tmp_path: Path) -> None:
 def test_sigterm_stops_workers_and_leaves_nothing(tmp_path: Path) -> None:
     """SIGTERM while worker processes are parsing: exit 143, no temporary store, and no
     worker left running."""
-    src = tmp_path / "big.fa"
-    block = gzip.decompress(ECOLI.read_bytes())
-    with open(src, "wb") as f:
-        for k in range(20):  # ~33 MB: several pieces per worker
-            f.write(block.replace(b">", f">c{k}_".encode()))
-    out = tmp_path / "s.store"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seqpad", "tokenize", str(src), "-o", str(out),
-         "--alphabet", "protein", "-j", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".s.store.tmp*/.piece-*")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    children = _children(proc.pid)
+    proc, children = _start_two_workers(tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
@@ -260,6 +246,25 @@ def test_sigterm_stops_workers_and_leaves_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.fa"]
     time.sleep(0.2)
     assert children and not [c for c in children if _alive(c)]
+
+
+def _start_two_workers(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """``seqpad tokenize -j 2`` on a ~33 MB file (several pieces per worker) into
+    ``tmp_path / "s.store"``, once its workers are writing pieces; and their pids."""
+    src = tmp_path / "big.fa"
+    block = gzip.decompress(ECOLI.read_bytes())
+    with open(src, "wb") as f:
+        for k in range(20):
+            f.write(block.replace(b">", f">c{k}_".encode()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqpad", "tokenize", str(src), "-o", str(tmp_path / "s.store"),
+         "--alphabet", "protein", "-j", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".s.store.tmp*/.piece-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc, _children(proc.pid)
 
 
 def _children(pid: int) -> list[int]:
@@ -408,20 +413,7 @@ def test_gzip_pieces_stay_small(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
 def test_workers_end_when_the_parent_is_killed(tmp_path: Path) -> None:
-    src = tmp_path / "big.fa"
-    block = gzip.decompress(ECOLI.read_bytes())
-    with open(src, "wb") as f:
-        for k in range(20):
-            f.write(block.replace(b">", f">c{k}_".encode()))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seqpad", "tokenize", str(src), "-o", str(tmp_path / "s"),
-         "--alphabet", "protein", "-j", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".s.tmp*/.piece-*")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    children = _children(proc.pid)
+    proc, children = _start_two_workers(tmp_path)
     proc.kill()
     proc.communicate(timeout=60)
     if not children:

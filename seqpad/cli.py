@@ -154,12 +154,20 @@ def default_jobs() -> int:
         cpus = os.cpu_count() or 1
     try:
         with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, min(cpus, 8))
+            quota = quota_cpus(f.read())
+    except OSError:
+        quota = None
+    return max(1, min(cpus, quota or cpus, 8))
+
+
+def quota_cpus(cpu_max: str) -> int | None:
+    """CPUs a cgroup v2 ``cpu.max`` line (``"QUOTA PERIOD"`` or ``"max PERIOD"``) allows,
+    rounded up; None when there is no quota or the line cannot be read."""
+    try:
+        quota, period = cpu_max.split()[:2]
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except ValueError:
+        return None
 
 
 def _size(path: str) -> int | None:

@@ -437,3 +437,14 @@ def test_cli_says_when_workers_failed(tiny_pieces: None, tmp_path: Path, ecoli_p
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("seqpad: warning: worker processes failed")
     assert store_bytes(tmp_path / "s") == store_bytes(_one_process(tmp_path / "r", ecoli_plain))
+
+
+def test_default_jobs_follows_a_cgroup_cpu_quota() -> None:
+    from seqpad.cli import default_jobs, quota_cpus
+
+    assert quota_cpus("max 100000\n") is None
+    assert quota_cpus("150000 100000\n") == 2  # 1.5 CPUs: rounded up
+    assert quota_cpus("50000 100000") == 1
+    assert quota_cpus("400000 100000") == 4
+    assert quota_cpus("") is None and quota_cpus("garbage") is None
+    assert 1 <= default_jobs() <= 8

@@ -8,6 +8,7 @@ that small real files are cut into many pieces at awkward places.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import signal
 import subprocess
@@ -448,3 +449,36 @@ def test_default_jobs_follows_a_cgroup_cpu_quota() -> None:
     assert quota_cpus("400000 100000") == 4
     assert quota_cpus("") is None and quota_cpus("garbage") is None
     assert 1 <= default_jobs() <= 8
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["pipe", "range-stream"])
+def test_a_piece_reads_exactly_its_bytes_and_reports_a_short_file(
+        tmp_path: Path, ecoli_plain: Path, splice: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Byte-range pieces are read through a pipe fed by a thread where os.splice exists
+    (Linux), else through a range-limited stream: either way the piece ends exactly at its
+    range, a reader closed early does not hang, and a file shorter than the range is an
+    error, not a silently short piece."""
+    from seqpad.fasta import FastaChunk
+
+    if splice and not hasattr(os, "splice"):
+        pytest.skip("no os.splice here")
+    if not splice:
+        monkeypatch.delattr(os, "splice", raising=False)
+
+    raw = ecoli_plain.read_bytes()
+    start = raw.index(b"\n>", 500_000) + 1
+    stop = raw.index(b"\n>", 900_000) + 1
+    piece = FastaChunk(str(ecoli_plain), False, (start, stop), None, stop - start)
+    from Bio.SeqIO.FastaIO import SimpleFastaParser
+
+    with io.StringIO(raw[start:stop].decode()) as handle:
+        want = [(t.split(None, 1)[0], s) for t, s in SimpleFastaParser(handle)]
+    assert list(piece.open()) == want
+
+    reader = piece.open()
+    next(reader)
+    reader.close()  # the feeding thread stops (EPIPE) instead of blocking forever
+
+    past_end = FastaChunk(str(ecoli_plain), False, (stop, len(raw) + 10), None, 0)
+    with pytest.raises(OSError, match="ended 10 bytes early"):
+        list(past_end.open())

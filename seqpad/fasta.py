@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gzip
 import io
 import itertools
@@ -111,6 +110,7 @@ class _Feed:
     """
 
     def __init__(self, fd: int, start: int, stop: int) -> None:
+        import fcntl  # only where os.splice exists: Linux (there is no fcntl on Windows)
         import threading
 
         r, w = os.pipe()

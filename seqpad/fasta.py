@@ -18,6 +18,7 @@ import io
 import itertools
 import os
 import re
+import signal
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
@@ -110,50 +111,77 @@ class _Feed:
     """
 
     def __init__(self, fd: int, start: int, stop: int) -> None:
-        import fcntl  # only where os.splice exists: Linux (there is no fcntl on Windows)
         import threading
 
+        self.error: BaseException | None = None
         r, w = os.pipe()
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined]
-        self.reader = io.FileIO(r, "rb")
-        self.error: OSError | None = None
-        src = os.dup(fd)
+        self.reader = io.FileIO(r, "rb")  # owns r from here on
+        src = -1
+        lock = threading.Lock()
+        state = {"began": False, "cancelled": False}  # who closes w and src: the thread,
+        # once it has begun; this constructor, if it fails before that
 
         def feed() -> None:
-            off, left = start, stop - start
+            with lock:
+                if state["cancelled"]:
+                    return
+                state["began"] = True
             try:
-                while left > 0:
-                    try:
-                        n = os.splice(src, w, left, offset_src=off)  # type: ignore[attr-defined]
-                    except OSError as e:
-                        if e.errno not in (errno.EINVAL, errno.ENOSYS):
-                            raise
-                        data = os.pread(src, min(left, 1 << 20), off)  # no splice here
-                        n = len(data)
-                        view = memoryview(data)
-                        while view:
-                            view = view[os.write(w, view):]
-                    if n == 0:
-                        raise OSError(errno.EIO, f"file ended {left} bytes early")
-                    off += n
-                    left -= n
+                # SIGPIPE at its default action (a program may reset it) would kill the
+                # process when the reader stops early: take EPIPE instead.
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+                _feed_range(src, w, start, stop - start)
             except BrokenPipeError:
                 pass  # the reader stopped early (an error there): nothing to report
-            except OSError as e:
+            except BaseException as e:  # handed to close(): never a short piece
                 self.error = e
             finally:
                 os.close(w)
                 os.close(src)
 
-        self._thread = threading.Thread(target=feed, name="seqpad-feed", daemon=True)
-        self._thread.start()
+        try:
+            with contextlib.suppress(OSError, AttributeError):
+                import fcntl  # Linux only, as os.splice
+
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined]
+            src = os.dup(fd)
+            self._thread = threading.Thread(target=feed, name="seqpad-feed", daemon=True)
+            self._thread.start()
+        except BaseException:  # e.g. no fd left, or Ctrl-C while the thread starts
+            with lock:
+                began = state["began"]
+                state["cancelled"] = True
+            self.reader.close()  # a thread that began stops on EPIPE and closes the rest
+            if not began:
+                os.close(w)
+                if src >= 0:
+                    os.close(src)
+            raise
 
     def close(self) -> None:
         self.reader.close()  # a feeder still writing gets EPIPE and ends
         self._thread.join()
         if self.error is not None:
             raise self.error
+
+
+def _feed_range(src: int, w: int, offset: int, count: int) -> None:
+    """Write ``count`` bytes of ``src`` from ``offset`` into the pipe ``w``."""
+    while count > 0:
+        try:
+            n = os.splice(src, w, count, offset_src=offset)  # type: ignore[attr-defined]
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            data = os.pread(src, min(count, 1 << 20), offset)  # no splice for this file
+            n = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+        if n == 0:
+            raise OSError(errno.EIO, f"file ended {count} bytes early")
+        offset += n
+        count -= n
 
 
 class _Source:

@@ -670,15 +670,13 @@ def _write_piece(chunk: FastaChunk, part: str, tokenizer: dict[str, Any],
     out = Path(part)
     out.mkdir()
     writer = _Writer(out, Tokenizer.from_dict(tokenizer), **options)
-    reader = chunk.open()
     try:
-        read = _write_records(writer, reader, batch_residues, None)
+        with chunk.open() as reader:
+            read = _write_records(writer, reader, batch_residues, None)
         writer.finish({}, sync=False)
     except BaseException:
         writer.abort()
         raise
-    finally:
-        reader.close()
     return _PartResult(read, writer.n_name_bytes, writer.summary, writer.stats)
 
 

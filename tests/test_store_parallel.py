@@ -482,3 +482,81 @@ def test_a_piece_reads_exactly_its_bytes_and_reports_a_short_file(
     past_end = FastaChunk(str(ecoli_plain), False, (stop, len(raw) + 10), None, 0)
     with pytest.raises(OSError, match="ended 10 bytes early"):
         list(past_end.open())
+
+
+# ------------------------------------------------ the pipe-fed pieces: review findings
+needs_splice = pytest.mark.skipif(not hasattr(os, "splice"), reason="no os.splice here")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _piece(path: Path) -> seqpad.fasta.FastaChunk:
+    size = path.stat().st_size
+    return seqpad.fasta.FastaChunk(str(path), False, (0, size), None, size)
+
+
+@needs_splice
+def test_closing_a_piece_early_with_sigpipe_at_its_default(tmp_path: Path,
+                                                           ecoli_plain: Path) -> None:
+    """A program may reset SIGPIPE to its default action (which kills): the feeding
+    thread blocks it and takes EPIPE when the reader stops early."""
+    big = tmp_path / "big.fa"
+    big.write_bytes(ecoli_plain.read_bytes() * 6)  # more than the pipe and buffers hold
+    code = (
+        "import signal, sys; from pathlib import Path; import seqpad.fasta as F\n"
+        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n"
+        f"p = Path({str(big)!r}); n = p.stat().st_size\n"
+        "r = F.FastaChunk(str(p), False, (0, n), None, n).open(); next(r); r.close()\n"
+        "print('closed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == b"closed", done.stderr
+
+
+@needs_splice
+def test_a_piece_that_fails_to_start_leaks_nothing(ecoli_plain: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    piece = _piece(ecoli_plain)
+    list(piece.open())  # warm up: imports, caches
+    before = _open_fds()
+
+    real_start = threading.Thread.start
+
+    def start_then_interrupt(self: threading.Thread) -> None:
+        real_start(self)
+        raise KeyboardInterrupt  # as a Ctrl-C arriving while start() waits
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        piece.open()
+    monkeypatch.undo()
+
+    def dup_fails(fd: int) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "dup", dup_fails)
+    with pytest.raises(OSError, match="Too many open files"):
+        piece.open()
+    monkeypatch.undo()
+
+    deadline = time.monotonic() + 10
+    while (_open_fds() > before or any(t.name == "seqpad-feed" for t in threading.enumerate())) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _open_fds() == before
+    assert not [t for t in threading.enumerate() if t.name == "seqpad-feed"]
+
+
+@needs_splice
+def test_any_failure_of_the_feeding_thread_is_an_error(ecoli_plain: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def splice_fails(*args: object, **kwargs: object) -> int:
+        raise MemoryError
+
+    monkeypatch.setattr(os, "splice", splice_fails)
+    with pytest.raises(MemoryError):
+        list(_piece(ecoli_plain).open())

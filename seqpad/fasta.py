@@ -602,7 +602,7 @@ def _pieces(src: _Source, path: str, full_title: bool, size: int) -> Iterator[Fa
         cut = cut + 1 if cut >= 0 else \
             0 if last in (b"\n", b"\r") and block.startswith(b">") else -1
         last = block[-1:]
-        if cut < 0 or (cut == 0 and not pending):
+        if cut < 0:
             pending.append(block)  # no record starts here (a long record): read on
             continue
         pending.append(block[:cut])

@@ -11,6 +11,7 @@ import gc
 import itertools
 import os
 import signal
+import stat
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -171,10 +172,22 @@ def quota_cpus(cpu_max: str) -> int | None:
 
 
 def _size(path: str) -> int | None:
+    """Bytes on disk; None for what is read as a stream (a pipe, a device)."""
     try:
-        return os.stat(path).st_size
+        st = os.stat(path)
     except OSError:
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _readable_kind(path: str) -> bool:
+    """A regular file, or a named pipe / character device (read as a stream, like '-':
+    ``<(zcat a.fa.gz)``, ``/dev/stdin``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def _symbol_hint(symbol: str, alphabet: str) -> str:
@@ -199,7 +212,7 @@ def _unknown_message(e: UnknownSymbolError, inputs: _Inputs, alphabet: str) -> s
             line = reader.locate(local, e.position)
             if line is not None:
                 parts.append(f"line {line}")
-            elif reader.path == "<stdin>":
+            elif reader.is_stream:
                 parts.append(f"record #{local + 1}")
     if e.record is not None:
         parts.append(f"record {e.record!r}")
@@ -295,8 +308,9 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
     if inputs.count("-") > 1:
         raise click.UsageError("'-' (stdin) may be given only once")
     for p in inputs:
-        if p != "-" and not os.path.isfile(p):
-            what = "is a directory" if os.path.isdir(p) else "no such file"
+        if p != "-" and not _readable_kind(p):
+            what = "is a directory" if os.path.isdir(p) else "no such file" \
+                if not os.path.exists(p) else "not a file, named pipe or character device"
             raise _Fail(f"{p}: {what}")
     check_output(output, overwrite=force)
 

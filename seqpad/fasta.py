@@ -19,6 +19,7 @@ import itertools
 import os
 import re
 import signal
+import stat
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
@@ -196,6 +197,8 @@ class _Source:
                  ) -> None:
         self.display = _display(path)
         self.is_stdin = os.fspath(path) == "-" or data is not None
+        #: read once, never re-read or cut into pieces (stdin, a pipe, a device)
+        self.is_stream = self.is_stdin
         self._fileio: Any = None
         self._final: int | None = None
         if data is not None:  # a decompressed piece: never gzip-detected again
@@ -214,11 +217,20 @@ class _Source:
             except IsADirectoryError:
                 raise FastaFormatError(self.display, None, "is a directory, not a FASTA file") \
                     from None
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory",
+                                        self.display) from None
             except OSError as e:
                 raise FastaFormatError(self.display, None, e.strerror or str(e)) from None
             try:
-                self.size = os.fstat(self._fileio.fileno()).st_size
+                st = os.fstat(self._fileio.fileno())
             except OSError:
+                st = None
+            self.size = st.st_size if st is not None else None
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                # a named pipe (``<(zcat a.fa.gz)``, ``/dev/stdin``) or a character
+                # device: a stream, read once from start to end, like stdin
+                self.is_stream = True
                 self.size = None
             if byte_range is not None and hasattr(os, "splice"):
                 self._feed = _Feed(self._fileio.fileno(), *byte_range)
@@ -299,6 +311,9 @@ class FastaReader:
         path: the file as shown in messages (``"<stdin>"`` for ``-``).
         size: size in bytes of the file on disk (compressed size for gzip), or None
             for stdin / pipes.
+        is_stream: True for stdin, a named pipe or a character device (e.g.
+            ``/dev/stdin``, ``<(zcat a.fa.gz)``): read once, in this process; error
+            messages then give a record number instead of a line.
         compressed: whether the input is gzip (detected by its magic bytes).
         records_read: records yielded, once the reader is exhausted or has failed.
     """
@@ -310,6 +325,7 @@ class FastaReader:
         self._src = _Source(path, stdin) if _chunk is None else \
             _Source(path, byte_range=_chunk.byte_range, data=_chunk.data)
         self.path = self._src.display
+        self.is_stream = self._src.is_stream
         self.size = self._src.size
         self.compressed = self._src.compressed
         self.records_read = 0
@@ -374,7 +390,7 @@ class FastaReader:
         The file is opened afresh by its path, so only a reader that nothing has been
         read from yet qualifies, and only while its path still names the open file.
         """
-        if self._iterated or self._src.is_stdin or self.size is None or \
+        if self._iterated or self._src.is_stream or self.size is None or \
                 self.size < min_bytes or not self._src.same_file(self._path_arg):
             return None
         return plan_chunks(self._path_arg, self._full_title, chunk_bytes(self.size, jobs))
@@ -389,11 +405,11 @@ class FastaReader:
     # -------------------------------------------------------------- internals
     def _rescan(self, fn: Any) -> Any:
         """Apply ``fn`` to the lines of a fresh read of the same file (cold path)."""
-        if self._src.is_stdin:
+        if self._src.is_stream:  # cannot be read again (a pipe would block)
             return None
         try:
             src = _Source(self._path_arg)
-        except FastaFormatError:
+        except (FastaFormatError, OSError):
             return None
         try:
             return fn(src.text())
@@ -641,7 +657,9 @@ def read_fasta(path: str | os.PathLike[str], *, full_title: bool = False) -> Fas
 
     Args:
         path: a plain or gzip-compressed FASTA file (gzip is detected from its
-            magic bytes, whatever the suffix), or ``"-"`` for standard input.
+            magic bytes, whatever the suffix), or ``"-"`` for standard input. A named
+            pipe or a character device (``/dev/stdin``, ``<(zcat a.fa.gz)``) is read as
+            a stream, like standard input.
         full_title: if False (default) the name is Biopython's record id, the first
             whitespace-separated word of the header (``""`` for a bare ``>``); if
             True it is the whole header line after ``>`` (trailing whitespace removed).
@@ -656,6 +674,7 @@ def read_fasta(path: str | os.PathLike[str], *, full_title: bool = False) -> Fas
     grow with the file size.
 
     Raises:
+        FileNotFoundError: ``path`` does not exist.
         FastaFormatError: naming the file and line, for a first non-blank line that
             is not a header, binary data, unsupported compression, or a truncated /
             corrupt gzip stream (raised while iterating).

@@ -18,15 +18,19 @@ leaves a store that opens.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
+import hashlib
 import itertools
 import json
+import operator
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import threading
+import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -277,23 +281,89 @@ def _is_store(path: Path) -> bool:
         return False
 
 
-def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Raise :class:`StoreError` unless ``path`` may receive a new store.
+#: The files a store directory holds; ``--force`` / ``overwrite=True`` replaces a
+#: directory only when it holds nothing else.
+STORE_FILES = frozenset((META_FILE, *_ARRAYS))
 
-    A missing path is fine; an existing seqpad store or empty directory only with
-    ``overwrite=True``; anything else (a file, a directory with other content) never,
-    so that ``--force`` cannot delete data that is not a store.
+
+def _listing(names: Iterable[str], limit: int = 5) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _enclosing_store(path: Path) -> Path | None:
+    """The seqpad store that ``path`` (a directory) is or lies inside, if any."""
+    for d in (path, *path.parents):
+        if (d / META_FILE).is_file() and _is_store(d):
+            return d
+    return None
+
+
+def _replaceable(p: Path) -> str | None:
+    """Why the existing directory ``p`` must not be replaced by a new store, or None
+    when it is empty or holds nothing but a seqpad store's own files."""
+    try:
+        entries = list(os.scandir(p))
+    except OSError as e:
+        return f"cannot be listed ({e.strerror or e})"
+    if not entries:
+        return None
+    foreign = [e.name for e in entries
+               if e.name not in STORE_FILES or e.is_dir(follow_symlinks=False)]
+    if foreign:
+        return (f"holds {_listing(foreign)}: not part of a seqpad store; refusing to "
+                "replace it (nothing was deleted)")
+    try:
+        with open(p / META_FILE, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or \
+            not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return (f"holds {_listing(e.name for e in entries)} but is not a valid seqpad store "
+                f"(no readable {META_FILE} with format and format_version); refusing to "
+                "replace it (nothing was deleted)")
+    return None
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Raise :class:`StoreError` unless ``path`` may receive a new store; return the
+    directory to write (``path``, or the store a symlink at ``path`` points to).
+
+    A missing path is fine. An existing directory is replaced only with
+    ``overwrite=True`` and only when it is empty or holds nothing but a seqpad store's
+    own files (``meta.json`` with ``format`` and ``format_version``, and the arrays);
+    anything else (a file, a directory with other content, a nested store) never, so
+    that ``--force`` cannot delete data that is not a store. A symlink to such a
+    directory is followed: the store it points to is replaced in place and the symlink
+    kept. A store is never written inside another store.
     """
     p = Path(path)
     if not p.parent.is_dir():
         raise StoreError(f"{p}: parent directory {str(p.parent)!r} does not exist")
-    if not (p.exists() or p.is_symlink()):
-        return p
-    if p.is_dir() and (_is_store(p) or not any(p.iterdir())):
-        if overwrite:
-            return p
+    target = p
+    if p.is_symlink():
+        if not p.exists():
+            raise StoreError(f"{p}: is a symlink to a missing path "
+                             f"({os.readlink(p)!r}); refusing to write through it")
+        target = Path(os.path.realpath(p))
+    outer = _enclosing_store(Path(os.path.realpath(target.parent)))
+    if outer is not None:
+        raise StoreError(f"{p}: lies inside the seqpad store {str(outer)!r}; a store cannot "
+                         "hold another store (choose a path outside it)")
+    if not target.exists():
+        return target
+    if not target.is_dir():
+        raise StoreError(f"{p}: exists and is not a directory; refusing to replace it")
+    why = _replaceable(target)
+    if why is not None:
+        shown = p if target == p else f"{p} (a symlink to {str(target)!r})"
+        raise StoreError(f"{shown}: {why}")
+    if not overwrite:
         raise StoreError(f"{p}: already exists (use --force / overwrite=True to replace it)")
-    raise StoreError(f"{p}: exists and is not a seqpad store; refusing to replace it")
+    return target
 
 
 class _Writer:
@@ -509,8 +579,13 @@ def write_store(
         raise ValueError("min_length must be >= 0")
     if max_length is not None and max_length < max(min_length, 1):
         raise ValueError("max_length must be >= max(min_length, 1)")
+    if truncate and max_length is None:
+        raise ValueError("truncate=True needs max_length (the length to cut records to)")
     target = check_output(path, overwrite=overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as e:  # e.g. a read-only directory: name the output, not the temporary
+        raise _output_error(e, path) from e
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a store is a normal directory
@@ -551,6 +626,7 @@ def write_store(
         meta: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
+            "store_id": uuid.uuid4().hex,
             "tokenizer": tokenizer.to_dict(),
             "add_bos": add_bos,
             "add_eos": add_eos,
@@ -570,12 +646,37 @@ def write_store(
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
         _install(tmp, target, overwrite=overwrite)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and _is_output_error(e, tmp, target):
+            raise _output_error(e, path) from e
         raise
     return summary
+
+
+#: Errors that only writing can cause: raised without a file name by ``write``.
+_WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS")
+                          if hasattr(errno, n))
+
+
+def _is_output_error(e: OSError, tmp: Path, target: Path) -> bool:
+    """Whether ``e`` came from writing the store (not from reading the input)."""
+    names = [f for f in (e.filename, getattr(e, "filename2", None)) if f is not None]
+    if not names:
+        return e.errno in _WRITE_ERRNOS
+    for f in names:
+        f = Path(os.fsdecode(f))
+        if f in (target, tmp) or tmp in f.parents or (
+                f.parent == target.parent and f.name.startswith(f".{target.name}.")):
+            return True
+    return False
+
+
+def _output_error(e: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``e`` about the output ``path`` as given, not the temporary directory."""
+    return OSError(e.errno, e.strerror or str(e), os.fspath(path))
 
 
 def _write_records(writer: _Writer, records: Iterable[tuple[str, Any]], batch_residues: int,
@@ -791,10 +892,25 @@ def _install(tmp: Path, target: Path, *, overwrite: bool) -> None:
         except BaseException:
             os.rename(old / "store", target)  # put the old store back
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_old_store(old)
     else:
         os.rename(tmp, target)
     _fsync_dir(target.parent)
+
+
+def _remove_old_store(old: Path) -> None:
+    """Delete a replaced store renamed aside into ``old``: its own files only, so that
+    a file someone put there since it was checked is kept (with a warning), never lost."""
+    for name in STORE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(old / "store" / name)
+    try:
+        os.rmdir(old / "store")
+        os.rmdir(old)
+    except OSError:
+        warnings.warn(f"seqpad: the replaced store held files added while it was being "
+                      f"replaced; they were kept in {str(old / 'store')!r}",
+                      RuntimeWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- reading
@@ -825,7 +941,56 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("n_records", "n_tokens", "n_name_bytes", "tokenizer"):
         if key not in meta:
             raise StoreError(f"{p}: {META_FILE} lacks {key!r}")
+    for key in ("n_records", "n_tokens", "n_name_bytes"):
+        v = meta[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise StoreError(f"{p / META_FILE}: {key} is {v!r}, not a count; the store is "
+                             "corrupt")
     return meta
+
+
+def _tokenizer_of(path: Path, meta: dict[str, Any]) -> Tokenizer:
+    """The tokenizer ``meta.json`` records, or :class:`StoreError` with the reason."""
+    try:
+        return Tokenizer.from_dict(meta["tokenizer"])
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        reason = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        raise StoreError(f"{path / META_FILE}: damaged 'tokenizer' section ({reason}); the "
+                         "store cannot be read") from None
+
+
+def _store_identity(meta: dict[str, Any]) -> str:
+    """What tells this store from one written over it later: the ``store_id`` written
+    into ``meta.json``, or for stores from before it a hash of the parsed ``meta.json``."""
+    sid = meta.get("store_id")
+    if isinstance(sid, str) and sid:
+        return sid
+    blob = json.dumps(meta, sort_keys=True, ensure_ascii=True).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _check_offsets(path: Path, name: str, offsets: npt.NDArray[np.int64], size: int,
+                   data: str) -> npt.NDArray[np.int64]:
+    """``(N,)`` differences of ``offsets`` (record lengths), after checking in one
+    vectorised pass that they start at 0, never decrease and end at ``size``."""
+    off = np.asarray(offsets)
+    if len(off) == 0:
+        raise StoreError(f"{path / name}: empty; the store is corrupt")
+    lengths = np.diff(off)
+    if int(off[0]) != 0:
+        raise StoreError(f"{path / name}: record 0 starts at {int(off[0])}, not 0; the store "
+                         "is corrupt")
+    bad = (lengths < 0) | (off[1:] > size)
+    if bad.any():
+        i = int(np.argmax(bad))
+        start, stop = int(off[i]), int(off[i + 1])
+        why = f"ends at {stop}, past the end of {data} ({size})" if stop > size else \
+            f"ends at {stop}, before it starts ({start}): offsets decrease"
+        raise StoreError(f"{path / name}: record {i} {why}; the store is corrupt")
+    if int(off[-1]) != size:
+        raise StoreError(f"{path / name}: ends at {int(off[-1])}, but {data} holds {size}; the "
+                         "store is corrupt")
+    return lengths
 
 
 def _load(path: Path, name: str, descr: str, n: int) -> npt.NDArray[Any]:
@@ -837,8 +1002,11 @@ def _load(path: Path, name: str, descr: str, n: int) -> npt.NDArray[Any]:
             arr = np.load(f, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise StoreError(f"{path}: missing {name}; the store is incomplete") from None
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{path}: {name} is not a valid .npy file ({e})") from None
+    except EOFError:  # numpy's word for an empty or cut-off header
+        raise StoreError(f"{f}: empty or truncated, not a valid .npy file; the store is "
+                         "corrupt") from None
+    except Exception as e:  # OSError, ValueError (a bad header), anything numpy raises
+        raise StoreError(f"{f}: not a valid .npy file ({e}); the store is corrupt") from None
     if arr.dtype != np.dtype(descr) or arr.shape != (n,):
         raise StoreError(f"{path}: {name} has dtype {arr.dtype} shape {arr.shape}, expected "
                          f"{np.dtype(descr)} ({n},); the store is corrupt")
@@ -873,8 +1041,12 @@ class StoreReader:
         self._arrays: dict[str, npt.NDArray[Any]] | None = None
         self._names: list[str] | None = None
         self._lengths: npt.NDArray[np.int64] | None = None
-        self._tokenizer: Tokenizer | None = None
-        self._open()  # validate now, so errors surface at construction
+        self._offsets_checked = False
+        self._names_checked = False
+        # validate now, so errors surface at construction: the tokenizer, the arrays
+        self._tokenizer: Tokenizer | None = _tokenizer_of(self.path, self.meta)
+        self._store_id = _store_identity(self.meta)  # checked whenever the files are reopened
+        self._open()
 
     # ------------------------------------------------------------------ files
     def _open(self) -> dict[str, npt.NDArray[Any]]:
@@ -882,19 +1054,51 @@ class StoreReader:
             m = self.meta
             sizes = {"ids.npy": int(m["n_tokens"]), "offsets.npy": self._n + 1,
                      "names.npy": int(m["n_name_bytes"]), "name_offsets.npy": self._n + 1}
-            arrays = {name: _load(self.path, name, d, sizes[name])
-                      for name, d in _ARRAYS.items()}
-            for offs, data in (("offsets.npy", "ids.npy"), ("name_offsets.npy", "names.npy")):
-                o = arrays[offs]
-                if int(o[0]) != 0 or int(o[-1]) != sizes[data]:
-                    raise StoreError(f"{self.path}: {offs} does not match {data}; "
-                                     "the store is corrupt")
+            try:
+                arrays = {name: _load(self.path, name, d, sizes[name])
+                          for name, d in _ARRAYS.items()}
+            except StoreError:
+                self._check_identity()  # a store replaced under us is not "corrupt"
+                raise
+            # the arrays just mapped must be those of the store this reader was opened on
+            # (a DataLoader worker reopens them in its own process, maybe much later)
+            self._check_identity()
+            if not self._offsets_checked:  # first open: one vectorised pass, which
+                self._lengths = _check_offsets(  # also gives the lengths
+                    self.path, "offsets.npy", arrays["offsets.npy"], sizes["ids.npy"],
+                    "ids.npy").astype(np.int64, copy=False)
+                self._offsets_checked = True
+            o = arrays["name_offsets.npy"]
+            if int(o[0]) != 0 or int(o[-1]) != sizes["names.npy"]:  # names: checked in
+                _check_offsets(self.path, "name_offsets.npy", o,  # full on first use
+                               sizes["names.npy"], "names.npy")
             self._arrays = arrays
         return self._arrays
+
+    def _check_identity(self) -> None:
+        """Raise :class:`StoreError` when the store at ``path`` is no longer the one this
+        reader was opened on (replaced with ``--force`` / ``overwrite=True``, or removed)."""
+        try:
+            now: str | None = _store_identity(read_meta(self.path))
+        except StoreError:
+            now = None
+        if now != self._store_id:
+            raise StoreError(f"{self.path}: the store was replaced (or removed) since the "
+                             "dataset was opened; its files no longer match the records, "
+                             "lengths and tokenizer read then. Open it again.")
+
+    def _name_offsets(self) -> npt.NDArray[np.int64]:
+        a = self._open()
+        if not self._names_checked:
+            _check_offsets(self.path, "name_offsets.npy", a["name_offsets.npy"],
+                           int(self.meta["n_name_bytes"]), "names.npy")
+            self._names_checked = True
+        return a["name_offsets.npy"]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_arrays"] = None  # memory maps are reopened in the receiving process
+        state["_lengths"] = state["_names"] = None  # O(N) caches: rebuilt there if used
         return state
 
     # -------------------------------------------------------------- Dataset API
@@ -903,7 +1107,7 @@ class StoreReader:
 
     def _index(self, i: int) -> int:
         try:
-            j = int(i)  # accepts numpy / torch integers
+            j = operator.index(i)  # ints, numpy / torch integers; not 1.0 or "1"
         except TypeError:
             raise TypeError(f"indices must be integers, not {type(i).__name__}") from None
         if j < 0:
@@ -923,7 +1127,7 @@ class StoreReader:
         """The name of record ``i``."""
         a = self._open()
         j = self._index(i)
-        off = a["name_offsets.npy"]
+        off = self._name_offsets()
         return bytes(a["names.npy"][int(off[j]): int(off[j + 1])]).decode(
             "utf-8", "surrogateescape")
 
@@ -939,7 +1143,7 @@ class StoreReader:
         if self._names is None:
             a = self._open()
             blob = bytes(a["names.npy"])
-            off = np.asarray(a["name_offsets.npy"]).tolist()
+            off = np.asarray(self._name_offsets()).tolist()
             self._names = [blob[s:e].decode("utf-8", "surrogateescape")
                            for s, e in itertools.pairwise(off)]
         return self._names
@@ -947,15 +1151,17 @@ class StoreReader:
     @property
     def lengths(self) -> npt.NDArray[np.int64]:
         """``(N,)`` int64: ids per record, bos/eos included."""
-        if self._lengths is None:
-            self._lengths = np.diff(np.asarray(self._open()["offsets.npy"])).astype(np.int64)
+        if self._lengths is None:  # computed (and checked) when the files are first opened
+            a = self._open()
+            if self._lengths is None:  # unpickled: the offsets were checked before
+                self._lengths = np.diff(np.asarray(a["offsets.npy"])).astype(np.int64)
         return self._lengths
 
     @property
     def tokenizer(self) -> Tokenizer:
         """The tokenizer the store was written with (rebuilt from ``meta.json``)."""
         if self._tokenizer is None:
-            self._tokenizer = Tokenizer.from_dict(self.meta["tokenizer"])
+            self._tokenizer = _tokenizer_of(self.path, self.meta)
         return self._tokenizer
 
     def summary(self) -> StoreSummary:

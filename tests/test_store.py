@@ -210,7 +210,7 @@ def test_overwrite_rules(tmp_path: Path) -> None:
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
-    with pytest.raises(StoreError, match="not a seqpad store"):
+    with pytest.raises(StoreError, match=r"thesis\.tex: not part of a seqpad store"):
         write_store(precious, RECS, Tokenizer("protein"), overwrite=True)
     assert (precious / "thesis.tex").read_text() == "years of work"
     (tmp_path / "file").write_text("x")

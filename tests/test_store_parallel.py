@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,7 +42,13 @@ def tiny_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def store_bytes(path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+    """Every file's bytes; in meta.json, the random ``store_id`` (unique to each write) is
+    blanked out, so that two writes of the same input compare equal."""
+    out = {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+    if "meta.json" in out:
+        out["meta.json"] = re.sub(rb'"store_id": "[0-9a-f]{32}"', b'"store_id": ""',
+                                  out["meta.json"])
+    return out
 
 
 def pieces(path: Path, size: int) -> list[bytes]:

@@ -221,3 +221,81 @@ def test_empty_input_writes_an_empty_store_with_a_warning(tmp_path: Path) -> Non
     assert "records written   0" in r.stdout
     assert "warning: no records were written" in r.stderr
     assert len(TokenizedDataset(tmp_path / "s")) == 0
+
+
+# ------------------------------------------------- named pipes and character devices
+def _fifo_with_writer(path: Path, data: bytes):  # type: ignore[no-untyped-def]
+    """A named pipe at ``path`` fed ``data`` by a thread once a reader opens it."""
+    import threading
+
+    os.mkfifo(path)
+
+    def feed() -> None:
+        with open(path, "wb") as w:  # blocks until the reader opens the pipe
+            w.write(data)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_named_pipe_is_read_as_a_stream(tmp_path: Path) -> None:
+    src = DATA / "needletail/test.fa"
+    fifo = tmp_path / "in.fifo"
+    writer = _fifo_with_writer(fifo, gzip.compress(src.read_bytes()))
+    out = tmp_path / "s"
+    # --jobs 4: a pipe cannot be cut into pieces; it is read in this process, like '-'
+    r = run("tokenize", fifo, "-o", out, "--alphabet", "dna", "--jobs", "4")
+    writer.join(timeout=30)
+    assert r.exit_code == 0, r.output
+    ds = TokenizedDataset(out, with_names=True)
+    assert [(n, ds.tokenizer.decode(i)) for n, i in (ds[0], ds[1])] == \
+        [("test", "AGCTGATCGA"), ("test2", "TAGC")]
+
+
+def test_an_error_in_a_named_pipe_gives_a_record_number_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "in.fifo"
+    writer = _fifo_with_writer(fifo, b">a\nACGT\n>b\nACXT\n")
+    r = run("tokenize", fifo, "-o", tmp_path / "s", "--alphabet", "dna")
+    writer.join(timeout=30)
+    assert r.exit_code == 1
+    # the pipe cannot be read again to find the line: the record number instead
+    assert r.stderr.startswith(f"seqpad: error: {fifo}: record #2: record 'b': position 3: "
+                               "symbol 'X'"), r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["in.fifo"]
+
+
+def test_dev_stdin_and_a_character_device(tmp_path: Path) -> None:
+    src = DATA / "needletail/test.fa"
+    out = tmp_path / "s"
+    # `cat a.fa | seqpad tokenize /dev/stdin ...`: stdin is a pipe
+    p = subprocess.run([sys.executable, "-m", "seqpad", "tokenize", "/dev/stdin", "-o",
+                        str(out), "--alphabet", "dna"], input=src.read_bytes(),
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert TokenizedDataset(out).names == ["test", "test2"]
+    r = run("tokenize", os.devnull, "-o", tmp_path / "n", "--alphabet", "dna")
+    assert r.exit_code == 0, r.output  # a character device: empty input
+    assert len(TokenizedDataset(tmp_path / "n")) == 0
+
+
+def test_a_socket_is_refused_with_what_it_is(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        r = run("tokenize", path, "-o", tmp_path / "s", "--alphabet", "dna")
+    assert r.exit_code == 1
+    assert "not a file, named pipe or character device" in r.stderr
+
+
+def test_info_on_a_damaged_store_prints_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    assert run("tokenize", DATA / "needletail/test.fa", "-o", out, "--alphabet",
+               "dna").exit_code == 0
+    (out / "ids.npy").write_bytes(b"")
+    r = run("info", out)
+    assert r.exit_code == 1 and "Aborted" not in r.output
+    assert r.stderr == f"seqpad: error: {out / 'ids.npy'}: empty or truncated, not a valid " \
+        ".npy file; the store is corrupt\n"

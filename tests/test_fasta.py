@@ -205,8 +205,9 @@ def test_locate_header_and_residue_lines() -> None:
 def test_directory_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FastaFormatError, match="directory"):
         read_fasta(tmp_path)
-    with pytest.raises(FastaFormatError, match="No such file"):
+    with pytest.raises(FileNotFoundError, match="No such file") as info:
         read_fasta(tmp_path / "nope.fa")
+    assert info.value.filename == str(tmp_path / "nope.fa")
 
 
 # ----------------------------------------------------------------- property: round trip

@@ -972,11 +972,15 @@ def _store_identity(meta: dict[str, Any]) -> str:
 def _check_offsets(path: Path, name: str, offsets: npt.NDArray[np.int64], size: int,
                    data: str) -> npt.NDArray[np.int64]:
     """``(N,)`` differences of ``offsets`` (record lengths), after checking in one
-    vectorised pass that they start at 0, never decrease and end at ``size``."""
+    vectorised pass that they start at 0, never decrease and end at ``size`` (so that
+    every record is an in-bounds slice and records never overlap)."""
     off = np.asarray(offsets)
     if len(off) == 0:
         raise StoreError(f"{path / name}: empty; the store is corrupt")
     lengths = np.diff(off)
+    if int(off[0]) == 0 and int(off[-1]) == size and (len(lengths) == 0 or lengths.min() >= 0):
+        return lengths
+    # something is wrong: say what, and where it first goes wrong
     if int(off[0]) != 0:
         raise StoreError(f"{path / name}: record 0 starts at {int(off[0])}, not 0; the store "
                          "is corrupt")
@@ -987,10 +991,8 @@ def _check_offsets(path: Path, name: str, offsets: npt.NDArray[np.int64], size: 
         why = f"ends at {stop}, past the end of {data} ({size})" if stop > size else \
             f"ends at {stop}, before it starts ({start}): offsets decrease"
         raise StoreError(f"{path / name}: record {i} {why}; the store is corrupt")
-    if int(off[-1]) != size:
-        raise StoreError(f"{path / name}: ends at {int(off[-1])}, but {data} holds {size}; the "
-                         "store is corrupt")
-    return lengths
+    raise StoreError(f"{path / name}: ends at {int(off[-1])}, but {data} holds {size}; the "
+                     "store is corrupt")
 
 
 def _load(path: Path, name: str, descr: str, n: int) -> npt.NDArray[Any]:
@@ -1054,24 +1056,29 @@ class StoreReader:
             m = self.meta
             sizes = {"ids.npy": int(m["n_tokens"]), "offsets.npy": self._n + 1,
                      "names.npy": int(m["n_name_bytes"]), "name_offsets.npy": self._n + 1}
+            reopen = self._offsets_checked  # e.g. in a DataLoader worker, maybe much later
             try:
                 arrays = {name: _load(self.path, name, d, sizes[name])
                           for name, d in _ARRAYS.items()}
             except StoreError:
-                self._check_identity()  # a store replaced under us is not "corrupt"
+                if reopen:
+                    self._check_identity()  # a store replaced under us is not "corrupt"
                 raise
-            # the arrays just mapped must be those of the store this reader was opened on
-            # (a DataLoader worker reopens them in its own process, maybe much later)
-            self._check_identity()
-            if not self._offsets_checked:  # first open: one vectorised pass, which
-                self._lengths = _check_offsets(  # also gives the lengths
+            if reopen:
+                # the arrays just mapped must be those of the store this reader was
+                # opened on, not of one written over it since (same path, new files)
+                self._check_identity()
+            else:
+                # first open: one vectorised pass over the offsets checks them and gives
+                # the lengths; name offsets: their ends now, in full when first used
+                self._lengths = _check_offsets(
                     self.path, "offsets.npy", arrays["offsets.npy"], sizes["ids.npy"],
                     "ids.npy").astype(np.int64, copy=False)
                 self._offsets_checked = True
             o = arrays["name_offsets.npy"]
-            if int(o[0]) != 0 or int(o[-1]) != sizes["names.npy"]:  # names: checked in
-                _check_offsets(self.path, "name_offsets.npy", o,  # full on first use
-                               sizes["names.npy"], "names.npy")
+            if int(o[0]) != 0 or int(o[-1]) != sizes["names.npy"]:
+                _check_offsets(self.path, "name_offsets.npy", o, sizes["names.npy"],
+                               "names.npy")
             self._arrays = arrays
         return self._arrays
 

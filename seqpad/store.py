@@ -7,7 +7,7 @@ A store is a directory of ``.npy`` arrays plus ``meta.json`` (specification in
     offsets.npy       int64  (N+1,)  record i is ids[offsets[i]:offsets[i+1]]
     names.npy         uint8  (B,)    UTF-8 bytes of every name, concatenated
     name_offsets.npy  int64  (N+1,)  name i is names[name_offsets[i]:name_offsets[i+1]]
-    meta.json                        format, version, tokenizer, options, summary
+    meta.json                        format, version, store_id, tokenizer, options, summary
 
 Everything is readable with numpy alone (``np.load(..., mmap_mode="r")``).
 :func:`write_store` writes into a temporary directory next to the target and
@@ -555,7 +555,9 @@ def write_store(
             residues, not bos/eos.
         add_bos / add_eos: store ``bos_id`` / ``eos_id`` around every record (they
             count in ``TokenizedDataset.lengths``).
-        overwrite: replace an existing store at ``path`` (never anything else).
+        overwrite: replace an existing store at ``path``: only a directory holding
+            nothing but a seqpad store's own files (or nothing); a symlink to one is
+            followed and the store it points to replaced (see :func:`check_output`).
         batch_residues: residues encoded per vectorised batch (memory use is a small
             multiple of this, whatever the input size).
         progress: called with the number of records read so far, once per batch.
@@ -572,8 +574,12 @@ def write_store(
         residues, length min / median / max.
 
     Raises:
-        StoreError: ``path`` exists (without ``overwrite``) or is not a store.
+        StoreError: ``path`` exists (without ``overwrite``), is not a store, holds files
+            that are not the store's, or lies inside another store.
+        ValueError: bad length options (``truncate=True`` without ``max_length``).
         UnknownSymbolError: under ``unknown="error"``. Nothing is left on disk.
+        OSError: writing failed (a full disk, no permission); ``filename`` is ``path``
+            as given, not the temporary directory.
     """
     if min_length < 0:
         raise ValueError("min_length must be >= 0")
@@ -951,8 +957,11 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _tokenizer_of(path: Path, meta: dict[str, Any]) -> Tokenizer:
     """The tokenizer ``meta.json`` records, or :class:`StoreError` with the reason."""
+    config = meta["tokenizer"]
     try:
-        return Tokenizer.from_dict(meta["tokenizer"])
+        if not isinstance(config, dict):
+            raise TypeError(f"{json.dumps(config)} instead of an object")
+        return Tokenizer.from_dict(config)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         reason = f"missing key {e}" if isinstance(e, KeyError) else str(e)
         raise StoreError(f"{path / META_FILE}: damaged 'tokenizer' section ({reason}); the "
@@ -1024,8 +1033,11 @@ class StoreReader:
 
     ``ds[i]`` is the 1-D ``uint8`` ids of record i (a read-only view into the
     memory-mapped file, O(1)); with ``with_names=True`` it is ``(name, ids)``.
-    Opening reads only ``meta.json`` and the arrays' headers. The dataset pickles
-    without its memory maps (DataLoader workers reopen them lazily).
+    Opening reads ``meta.json`` (the tokenizer is rebuilt), the arrays' headers and
+    ``offsets.npy`` (checked in one vectorised pass that also gives ``lengths``); a damaged
+    store raises :class:`StoreError` naming the file. The dataset pickles without its memory
+    maps (DataLoader workers reopen them lazily, and raise :class:`StoreError` if the store
+    at ``path`` was replaced since it was opened).
 
     Attributes:
         path: the store directory.
@@ -1203,8 +1215,11 @@ _DATASET_DOC = """A store written by :func:`write_store` / ``seqpad tokenize``, 
 
 ``ds[i]`` is the 1-D ``uint8`` ids of record i (a read-only view into the
 memory-mapped file, O(1)); with ``with_names=True`` it is ``(name, ids)``.
-Opening reads only ``meta.json`` and the arrays' headers. The dataset pickles
-without its memory maps (DataLoader workers reopen them lazily).
+Opening reads ``meta.json`` (the tokenizer is rebuilt), the arrays' headers and
+``offsets.npy`` (checked in one vectorised pass that also gives ``lengths``); a damaged
+store raises :class:`StoreError` naming the file. The dataset pickles without its memory
+maps (DataLoader workers reopen them lazily, and raise :class:`StoreError` if the store
+at ``path`` was replaced since it was opened).
 
 Args:
     path: the store directory.

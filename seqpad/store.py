@@ -1186,7 +1186,13 @@ class StoreReader:
     def summary(self) -> StoreSummary:
         """The summary recorded at write time, with length statistics recomputed from
         the stored offsets."""
-        s = StoreSummary.from_dict(self.meta.get("summary", {}))
+        raw = self.meta.get("summary")
+        raw = raw if isinstance(raw, dict) else {}  # informative only: a damaged one is
+        skipped = raw.get("skipped")  # dropped rather than failing
+        s = StoreSummary(
+            skipped={k: v for k, v in skipped.items() if isinstance(v, int)}
+            if isinstance(skipped, dict) else {},
+            truncated=raw["truncated"] if isinstance(raw.get("truncated"), int) else 0)
         s.records = self._n
         s.tokens = int(self.meta["n_tokens"])
         residues = self.lengths - (int(self.add_bos) + int(self.add_eos))

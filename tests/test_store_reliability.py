@@ -359,3 +359,12 @@ def test_indices_must_be_integers(store: Path) -> None:
     assert ds[-3].tolist() == ref
     with pytest.raises(IndexError):
         ds[-5]
+
+
+def test_a_damaged_summary_does_not_break_info(store: Path) -> None:
+    meta = json.loads((store / "meta.json").read_text())
+    for damaged in (None, {"skipped": None, "truncated": "x"}, {"skipped": {"empty": "2"}}):
+        (store / "meta.json").write_text(json.dumps({**meta, "summary": damaged}))
+        r = run("info", store)
+        assert r.exit_code == 0, r.output
+        assert "records written   4" in r.stdout and "residues          13" in r.stdout

@@ -669,7 +669,8 @@ _WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG
 
 def _is_output_error(e: OSError, tmp: Path, target: Path) -> bool:
     """Whether ``e`` came from writing the store (not from reading the input)."""
-    names = [f for f in (e.filename, getattr(e, "filename2", None)) if f is not None]
+    names = [f for f in (e.filename, getattr(e, "filename2", None))
+             if isinstance(f, (str, bytes, os.PathLike))]
     if not names:
         return e.errno in _WRITE_ERRNOS
     for f in names:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from itertools import accumulate
 from typing import Any, Literal, TypeAlias
 
@@ -54,19 +54,20 @@ class Batch:
     lengths: Tensor
     names: list[str] | None = field(default=None)
 
+    def _map(self, fn: Any) -> Batch:
+        """A copy with ``fn`` applied to every tensor field (other fields shared)."""
+        return replace(self, **{
+            f.name: fn(value) for f in fields(self)
+            if isinstance(value := getattr(self, f.name), Tensor)
+        })
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device`` (``names`` shared)."""
-        return Batch(
-            self.tokens.to(device, non_blocking=non_blocking),
-            self.mask.to(device, non_blocking=non_blocking),
-            self.lengths.to(device, non_blocking=non_blocking),
-            self.names,
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
         """A copy in page-locked memory (called by ``DataLoader(pin_memory=True)``)."""
-        return Batch(self.tokens.pin_memory(), self.mask.pin_memory(),
-                     self.lengths.pin_memory(), self.names)
+        return self._map(Tensor.pin_memory)
 
     def __len__(self) -> int:
         """The batch size ``B``."""

@@ -144,6 +144,14 @@ class Tokenizer:
         return self._vocab
 
     @property
+    def special_ids(self) -> tuple[int, ...]:
+        """Ids of the special tokens (pad, unk, mask, bos, eos, ...), ascending.
+
+        Every other id is a residue token (a symbol of the alphabet, or a k-mer).
+        """
+        return tuple(range(NUM_SPECIAL_TOKENS))
+
+    @property
     def lookup_table(self) -> npt.NDArray[np.uint8]:
         """The 256-entry byte -> id table used by :meth:`encode` (read-only copy).
 

@@ -209,3 +209,12 @@ def test_unknown_symbol_error_pickles_with_its_attributes() -> None:
     back = pickle.loads(pickle.dumps(e))
     assert type(back) is UnknownSymbolError and str(back) == str(e)
     assert (back.symbol, back.position, back.record, back.record_index) == ("X", 5, "r1", 7)
+
+
+def test_special_ids_are_the_special_tokens_of_the_vocab():
+    for name in ("protein", "dna", "rna"):
+        tok = Tokenizer(name)
+        assert [tok.vocab[i] for i in tok.special_ids] == [
+            "<pad>", "<unk>", "<mask>", "<bos>", "<eos>"]
+        residues = set(range(tok.vocab_size)) - set(tok.special_ids)
+        assert all(not tok.vocab[i].startswith("<") for i in residues)

@@ -87,6 +87,7 @@ struct Rows {  // first and one-past-last real position of each row, and whether
               // position between them is real (right padding: the usual case)
   std::vector<int64_t> lo, hi;
   std::vector<bool> dense;
+  int64_t count = 0;  // real positions in the whole batch
   Rows(const uint8_t* m, int64_t B, int64_t L) : lo(B), hi(B), dense(B) {
     for (int64_t b = 0; b < B; ++b) {
       const uint8_t* r = m + b * L;
@@ -95,9 +96,10 @@ struct Rows {  // first and one-past-last real position of each row, and whether
       while (j > i && !r[j - 1]) --j;
       lo[b] = i;
       hi[b] = j;
-      bool all = true;
-      for (int64_t k = i; k < j; ++k) all = all && r[k];
-      dense[b] = all;
+      int64_t real = 0;
+      for (int64_t k = i; k < j; ++k) real += r[k] != 0;
+      dense[b] = real == j - i;
+      count += real;
     }
   }
 };
@@ -184,9 +186,11 @@ inline void grad_input(const S* gr, const S* xr, S* dr, const uint8_t* mr, int64
 template <typename S, typename P>
 void forward(const S* x, const uint8_t* m, S* y, const P* w, const P* bias,
              P* mean_out, P* var_out, P* invstd_out,
-             int64_t B, int64_t C, int64_t L, int64_t count, double eps, int nthreads) {
+             int64_t B, int64_t C, int64_t L, int64_t* count_out, double eps, int nthreads) {
   using Cc = typename Io<S>::C;
   const Rows rows(m, B, L);
+  const int64_t count = rows.count;
+  *count_out = count;
   const double n = count > 0 ? static_cast<double>(count) : 1.0;
   parallel_channels(C, nthreads, [&](int64_t c) {
     // Shifted sums: deviations from one real value x0 of the channel, so the partial
@@ -251,9 +255,10 @@ void forward(const S* x, const uint8_t* m, S* y, const P* w, const P* bias,
 template <typename S, typename P>
 void backward(const S* dy, const S* x, const uint8_t* m, const P* w, const P* mean_in,
               const P* invstd_in, S* dx, P* grad_w, P* grad_b,
-              int64_t B, int64_t C, int64_t L, int64_t count, int nthreads) {
+              int64_t B, int64_t C, int64_t L, int nthreads) {
   using Cc = typename Io<S>::C;
   const Rows rows(m, B, L);
+  const int64_t count = rows.count;
   const double n = count > 0 ? static_cast<double>(count) : 1.0;
   parallel_channels(C, nthreads, [&](int64_t c) {
     const Cc meanc = static_cast<Cc>(mean_in[c]);
@@ -302,7 +307,7 @@ void backward(const S* dy, const S* x, const uint8_t* m, const P* w, const P* me
 #define SEQPAD_BN(NAME, S, P)                                                              \
   extern "C" void seqpad_bn_forward_##NAME(                                                \
       const void* x, const uint8_t* m, void* y, const void* w, const void* b, void* mean,  \
-      void* var, void* invstd, int64_t B, int64_t C, int64_t L, int64_t count, double eps, \
+      void* var, void* invstd, int64_t B, int64_t C, int64_t L, int64_t* count, double eps,\
       int nthreads) {                                                                      \
     forward<S, P>(static_cast<const S*>(x), m, static_cast<S*>(y),                         \
                   static_cast<const P*>(w), static_cast<const P*>(b),                      \
@@ -312,11 +317,11 @@ void backward(const S* dy, const S* x, const uint8_t* m, const P* w, const P* me
   extern "C" void seqpad_bn_backward_##NAME(                                               \
       const void* dy, const void* x, const uint8_t* m, const void* w, const void* mean,    \
       const void* invstd, void* dx, void* gw, void* gb, int64_t B, int64_t C, int64_t L,   \
-      int64_t count, int nthreads) {                                                       \
+      int nthreads) {                                                                      \
     backward<S, P>(static_cast<const S*>(dy), static_cast<const S*>(x), m,                 \
                    static_cast<const P*>(w), static_cast<const P*>(mean),                  \
                    static_cast<const P*>(invstd), static_cast<S*>(dx),                     \
-                   static_cast<P*>(gw), static_cast<P*>(gb), B, C, L, count, nthreads);    \
+                   static_cast<P*>(gw), static_cast<P*>(gb), B, C, L, nthreads);           \
   }
 
 SEQPAD_BN(float32, float, float)
@@ -382,10 +387,10 @@ def _build() -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for name, _ in SUPPORTED.values():
         fwd = getattr(lib, f"seqpad_bn_forward_{name}")
-        fwd.argtypes = [ptr] * 8 + [i64] * 4 + [ctypes.c_double, ctypes.c_int]
+        fwd.argtypes = [ptr] * 8 + [i64] * 3 + [ptr, ctypes.c_double, ctypes.c_int]
         fwd.restype = None
         bwd = getattr(lib, f"seqpad_bn_backward_{name}")
-        bwd.argtypes = [ptr] * 9 + [i64] * 4 + [ctypes.c_int]
+        bwd.argtypes = [ptr] * 9 + [i64] * 3 + [ctypes.c_int]
         bwd.restype = None
     return lib
 
@@ -421,28 +426,32 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 def forward(
-    x: Tensor, mask_u8: Tensor, weight: Tensor | None, bias: Tensor | None, count: int, eps: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(y, mean, var, invstd)`` for contiguous ``x (B, C, L)`` and ``mask_u8 (B, 1, L)``."""
+    x: Tensor, mask_u8: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean, var, invstd, count)`` for contiguous ``x (B, C, L)``, ``mask_u8 (B, 1, L)``.
+
+    ``count`` (0-d int64) is the number of real positions, counted by the kernel.
+    """
     lib = load()
     assert lib is not None
     name, pd = SUPPORTED[x.dtype]
     b, c, length = x.shape
     y = torch.empty_like(x)
     stats = torch.empty(3, c, dtype=pd)
+    count = torch.empty((), dtype=torch.int64)
     w = None if weight is None else weight.detach().to(pd).contiguous()
     bb = None if bias is None else bias.detach().to(pd).contiguous()
     getattr(lib, f"seqpad_bn_forward_{name}")(
         x.data_ptr(), mask_u8.data_ptr(), y.data_ptr(), _ptr(w), _ptr(bb),
         stats[0].data_ptr(), stats[1].data_ptr(), stats[2].data_ptr(),
-        b, c, length, count, float(eps), torch.get_num_threads(),
+        b, c, length, count.data_ptr(), float(eps), torch.get_num_threads(),
     )
-    return y, stats[0], stats[1], stats[2]
+    return y, stats[0], stats[1], stats[2], count
 
 
 def backward(
     dy: Tensor, x: Tensor, mask_u8: Tensor, weight: Tensor | None, mean: Tensor,
-    invstd: Tensor, count: int, need_weight: bool, need_bias: bool,
+    invstd: Tensor, need_weight: bool, need_bias: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``(dx, grad_weight, grad_bias)`` in ``x``'s dtype / the statistics dtype."""
     lib = load()
@@ -457,6 +466,6 @@ def backward(
         dy.data_ptr(), x.data_ptr(), mask_u8.data_ptr(), _ptr(w), mean.data_ptr(),
         invstd.data_ptr(), dx.data_ptr(),
         grads[0].data_ptr() if need_weight else None, grads[1].data_ptr() if need_bias else None,
-        b, c, length, count, torch.get_num_threads(),
+        b, c, length, torch.get_num_threads(),
     )
     return dx, grads[0] if need_weight else None, grads[1] if need_bias else None

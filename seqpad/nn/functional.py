@@ -258,9 +258,13 @@ def merge_batch_stats(counts: Tensor, means: Tensor, m2s: Tensor) -> tuple[Tenso
 
 
 def _all_gather_stats(
-    count: int, mean: Tensor, m2: Tensor, process_group: object
-) -> tuple[int, Tensor, Tensor]:
-    """All-gather each rank's ``(count, mean, M2)`` and merge them in float64."""
+    count: Tensor, mean: Tensor, m2: Tensor, process_group: object
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All-gather each rank's ``(count, mean, M2)`` and merge them in float64.
+
+    ``count`` is a 0-d tensor on the device and so is the merged count: nothing is read
+    back to the host.
+    """
     import torch.distributed as dist
 
     c = mean.numel()
@@ -273,15 +277,40 @@ def _all_gather_stats(
     dist.all_gather(gathered, packed, group=process_group)
     stacked = torch.stack(gathered)
     n, g_mean, g_m2 = merge_batch_stats(stacked[:, 0], stacked[:, 1 : c + 1], stacked[:, c + 1 :])
-    return round(float(n)), g_mean.to(mean.dtype), g_m2.to(m2.dtype)
+    return n.round().to(torch.int64), g_mean.to(mean.dtype), g_m2.to(m2.dtype)
 
 
-def _verify_count(count: int, x: Tensor) -> None:
-    if count == 1:
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {x.size()} "
-            "with 1 real position"
-        )
+def _verify_count(count: Tensor | int, x: Tensor) -> None:
+    """Raise as ``F.batch_norm`` does when a channel has exactly one real value.
+
+    Without a mask the count is a shape and the check is free. With a mask the count is
+    a tensor on the device and the check is :func:`torch._assert_async`: no host sync.
+    On CPU that assert fails at once and is re-raised here as native's ``ValueError``;
+    on an accelerator it fails asynchronously (a device-side assert, reported by a later
+    synchronising call); under ``torch.compile`` it is part of the graph.
+    """
+    msg = (
+        f"Expected more than 1 value per channel when training, got input size {x.size()} "
+        "with 1 real position"
+    )
+    if isinstance(count, int):
+        if count == 1:
+            raise ValueError(msg)
+        return
+    if torch.compiler.is_compiling() or count.device.type != "cpu":
+        torch._assert_async(count != 1, msg)
+        return
+    try:
+        torch._assert_async(count != 1, msg)
+    except RuntimeError as err:
+        raise ValueError(msg) from err
+
+
+def _count_divisor(count: Tensor | int, dtype: torch.dtype, device: torch.device) -> Tensor | int:
+    """``max(count, 1)``: a Python int for a shape-derived count, else a 0-d ``dtype`` tensor."""
+    if isinstance(count, int):
+        return max(count, 1)
+    return count.clamp_min(1).to(dtype)
 
 
 class _MaskedBatchNormTrain(torch.autograd.Function):
@@ -309,34 +338,28 @@ class _MaskedBatchNormTrain(torch.autograd.Function):
             b, c, length = xc.shape
             mf = None if mask is None else mask.to(cd)
 
+            # The count stays a 0-d tensor on the device (no host sync); without a
+            # mask it is a shape.
+            count: Tensor | int
             if mask is None:
-                count, finite = b * length, True
+                count = b * length
                 s = _masked_channel_sum(xc, None)
-            elif xc.device.type == "cpu":
-                count = int(mask.sum(dtype=torch.int64))
-                s = _masked_channel_sum(xc, mf)
-                # Cheap guard: inf or nan in padding makes the matmul sum non-finite
-                # (inf * 0 = nan); only then pay for zeroing the padding first.
-                finite = bool(torch.isfinite(s).all())
-                if not finite:
-                    s = _masked_channel_sum(xc.masked_fill(~mask, 0), mf)
+                mean = s / max(count, 1)
+                t = torch.sub(xc, mean.view(1, c, 1))
             else:
-                # On accelerators the guard would cost a host sync: always zero padding.
-                count, finite = int(mask.sum(dtype=torch.int64)), False
-                s = _masked_channel_sum(xc.masked_fill(~mask, 0), mf)
-            mean = s / max(count, 1)
-
-            # Centred values, exactly zero at padding: (x - mean) * mask.
-            t = torch.sub(xc, mean.view(1, c, 1))
-            if mask is not None:
-                if finite:
-                    t.mul_(mf)
-                else:
-                    t.masked_fill_(~mask, 0)
+                count = mask.sum(dtype=torch.int64)
+                # Zero the padding first (inf / nan there cannot leak into the matmul
+                # sums), into the buffer that becomes the centred values in place:
+                # t = x * mask - mean * mask = (x - mean) at real positions, 0 at padding.
+                t = xc.masked_fill(~mask, 0)
+                s = _masked_channel_sum(t, mf)
+                mean = s / _count_divisor(count, cd, xc.device)
+                t.addcmul_(mean.neg().view(1, c, 1), mf)
             m2 = _channel_dot(t, t)
 
             if process_group is not None:
-                g_count, g_mean, m2 = _all_gather_stats(count, mean, m2, process_group)
+                local = torch.as_tensor(count, dtype=torch.int64, device=xc.device)
+                g_count, g_mean, m2 = _all_gather_stats(local, mean, m2, process_group)
                 if mf is not None:
                     t.addcmul_(mf, (mean - g_mean).view(1, c, 1))
                 else:
@@ -344,7 +367,7 @@ class _MaskedBatchNormTrain(torch.autograd.Function):
                 count, mean = g_count, g_mean
             _verify_count(count, x)
 
-            var = m2 / max(count, 1)
+            var = m2 / _count_divisor(count, cd, xc.device)
             invstd = torch.rsqrt(var + eps)
             scale = invstd if weight is None else invstd * weight.to(cd)
             y = torch.mul(t, scale.view(1, c, 1))
@@ -356,10 +379,14 @@ class _MaskedBatchNormTrain(torch.autograd.Function):
 
         ctx.t = t  # consumed (reused as the input gradient) by the first backward
         ctx.save_for_backward(x, mask, weight, mean, invstd)
-        ctx.count = count
+        ctx.count = _count_divisor(count, cd, xc.device)  # max(count, 1), int or 0-d tensor
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.process_group = process_group
-        count_out = torch.tensor(count, dtype=torch.int64)  # host-side: no device copy
+        count_out = (  # on the device: the running-stats update reads it there
+            torch.full((), count, dtype=torch.int64, device=x.device)
+            if isinstance(count, int)
+            else count
+        )
         ctx.mark_non_differentiable(mean, var, count_out)
         return y.to(in_dtype), mean, var, count_out
 
@@ -371,7 +398,7 @@ class _MaskedBatchNormTrain(torch.autograd.Function):
         x, mask, weight, mean, invstd = ctx.saved_tensors
         cd = mean.dtype
         c = x.shape[1]
-        n = max(ctx.count, 1)
+        n = ctx.count
         with torch.autocast(x.device.type, enabled=False):
             mf = None if mask is None else mask.to(cd)
             t = ctx.t
@@ -433,7 +460,7 @@ def masked_batch_norm_reference(
     cd = _compute_dtype(x.dtype)
     xf = x.to(cd)
     if mask is None:
-        n = torch.tensor(float(x.shape[0] * x.shape[2]), dtype=cd, device=x.device)
+        n = torch.full((), x.shape[0] * x.shape[2], dtype=cd, device=x.device)
         x0 = xf
     else:
         n = mask.sum(dtype=cd)
@@ -514,13 +541,12 @@ class _FusedMaskedBatchNormTrain(torch.autograd.Function):
         bias: Tensor | None,
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        count = int(mask.sum(dtype=torch.int64))
-        _verify_count(count, x)
+        count_out = mask.sum(dtype=torch.int64)  # stays on the device
+        _verify_count(count_out, x)
         with torch.autocast(x.device.type, enabled=False):
             y, mean, var, invstd = _compiled_fn("forward")(x, mask, weight, bias, eps)  # type: ignore[operator]
         ctx.save_for_backward(x, mask, weight, mean, invstd)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        count_out = torch.tensor(count, dtype=torch.int64)  # host-side: no device copy
         ctx.mark_non_differentiable(mean, var, count_out)
         return y, mean, var, count_out
 
@@ -555,13 +581,12 @@ class _CpuKernelMaskedBatchNormTrain(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x = x.contiguous()
         mask_u8 = mask.contiguous().view(torch.uint8)
-        count = int(mask.sum(dtype=torch.int64))
-        _verify_count(count, x)
-        y, mean, var, invstd = _batchnorm_cpu.forward(x, mask_u8, weight, bias, count, eps)
+        # The kernel counts the real positions itself (count_out, 0-d int64): nothing is
+        # read back from a tensor in Python.
+        y, mean, var, invstd, count_out = _batchnorm_cpu.forward(x, mask_u8, weight, bias, eps)
+        _verify_count(count_out, x)
         ctx.save_for_backward(x, mask_u8, weight, mean, invstd)
-        ctx.count = count
         ctx.bias_dtype = None if bias is None else bias.dtype
-        count_out = torch.tensor(count, dtype=torch.int64)
         ctx.mark_non_differentiable(mean, var, count_out)
         return y, mean, var, count_out
 
@@ -574,7 +599,7 @@ class _CpuKernelMaskedBatchNormTrain(torch.autograd.Function):
         need_w = weight is not None and ctx.needs_input_grad[2]
         need_b = ctx.bias_dtype is not None and ctx.needs_input_grad[3]
         dx, grad_weight, grad_bias = _batchnorm_cpu.backward(
-            dy, x, mask_u8, weight, mean, invstd, ctx.count, need_w, need_b
+            dy, x, mask_u8, weight, mean, invstd, need_w, need_b
         )
         return (
             dx,
@@ -600,34 +625,48 @@ def _fused_train(
     return _FusedMaskedBatchNormTrain.apply(x, mask, weight, bias, eps)
 
 
+def _wide_dtype(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (MPS does not): for exact small scalar factors."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _update_running_stats(
     running_mean: Tensor,
     running_var: Tensor,
     num_batches_tracked: Tensor | None,
     mean: Tensor,
     var: Tensor,
-    count: int,
+    count: Tensor,
     momentum: float | None,
 ) -> None:
     """Exponential (or, with ``momentum=None``, cumulative) update from one batch.
 
     ``running_var`` receives the unbiased variance ``var * n / (n - 1)``. A batch with
     no real positions (``count == 0``) changes nothing, ``num_batches_tracked`` included.
+    ``count`` is a 0-d tensor on the device: the update is tensor math throughout (the
+    empty-batch case is a zero lerp weight, not a Python branch), so nothing is read back
+    to the host.
     """
-    if count == 0:
-        return
+    if momentum is None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
     with torch.no_grad():
+        count = count.to(running_mean.device)
+        nonempty = count > 0
         if num_batches_tracked is not None:
-            num_batches_tracked.add_(1)
+            num_batches_tracked.add_(nonempty.to(num_batches_tracked.dtype))
+        wide = _wide_dtype(count.device)
         if momentum is None:
-            if num_batches_tracked is None:
-                raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-            factor = 1.0 / float(num_batches_tracked)  # as nn.BatchNorm1d does
+            assert num_batches_tracked is not None
+            # 1 / num_batches_tracked, as nn.BatchNorm1d (which reads it to the host).
+            factor = 1.0 / num_batches_tracked.clamp_min(1).to(wide)
         else:
-            factor = momentum
-        unbiased = var * (count / max(count - 1, 1))
+            factor = torch.full((), momentum, dtype=wide, device=count.device)
+        factor = torch.where(nonempty, factor, 0.0).to(running_mean.dtype)
+        # n / (n - 1) in float64, rounded once to var's dtype (as Python's float did).
+        c = count.to(wide)
+        unbiased = var * (c / (c - 1).clamp_min(1)).to(var.dtype)
         running_mean.lerp_(mean.to(running_mean.dtype), factor)
-        running_var.lerp_(unbiased.to(running_var.dtype), factor)
+        running_var.lerp_(unbiased.to(running_var.dtype), factor.to(running_var.dtype))
 
 
 def masked_batch_norm(
@@ -683,7 +722,18 @@ def masked_batch_norm(
         m = None if m is None else m.unsqueeze(-1)
     use_batch_stats = training or running_mean is None or running_var is None
     if use_batch_stats:
-        if fused and process_group is None:
+        if process_group is None and torch.compiler.is_compiling():
+            # Under torch.compile: the plain differentiable form, which traces into one
+            # graph (the C++ kernel and the hand-written autograd Functions would break
+            # it) and which the compiler fuses into a few reduction kernels.
+            y, mean, var = masked_batch_norm_reference(x, m, weight, bias, eps)
+            if m is None:
+                count = torch.full((), x.shape[0] * x.shape[2], dtype=torch.int64,
+                                   device=x.device)
+            else:
+                count = m.sum(dtype=torch.int64)
+            _verify_count(count, x)
+        elif fused and process_group is None:
             y, mean, var, count = _fused_train(x, m, weight, bias, eps)
         else:
             y, mean, var, count = _MaskedBatchNormTrain.apply(
@@ -691,7 +741,7 @@ def masked_batch_norm(
             )
         if training and running_mean is not None and running_var is not None:
             _update_running_stats(
-                running_mean, running_var, num_batches_tracked, mean, var, int(count), momentum
+                running_mean, running_var, num_batches_tracked, mean, var, count, momentum
             )
     else:
         y = F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)

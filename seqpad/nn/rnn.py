@@ -201,8 +201,25 @@ def _per_direction_forward(
 
 # Packing is data-dependent (lengths go to the host): under torch.compile this part
 # runs eagerly behind one clean graph break; the layers around it still compile.
-@torch.compiler.disable
+# ``torch.compiler.disable`` is applied on first call, not as a decorator: applying it
+# imports ``torch._dynamo``, which would double the time of ``import seqpad.nn``.
+_packed_forward_disabled: Callable[..., Any] | None = None
+
+
 def _packed_forward(
+    rnn: nn.RNNBase,
+    native_forward: Callable[[Any], tuple[Any, Any]],
+    seq: Tensor,
+    m: Tensor,
+    return_state: bool,
+) -> Tensor | tuple[Tensor, State]:
+    global _packed_forward_disabled
+    if _packed_forward_disabled is None:
+        _packed_forward_disabled = torch.compiler.disable(_packed_forward_eager)
+    return _packed_forward_disabled(rnn, native_forward, seq, m, return_state)
+
+
+def _packed_forward_eager(
     rnn: nn.RNNBase,
     native_forward: Callable[[Any], tuple[Any, Any]],
     seq: Tensor,

@@ -18,8 +18,10 @@ sequence's true end. Two exact ways to get there:
 
 Masks must be right-padded prefixes (``mask[b, 0, t]`` True for ``t < length_b``, as
 :func:`seqpad.masks.lengths_to_mask` and the collator build them); a mask with holes or
-left padding raises ``ValueError`` (the check costs one host synchronisation on an
-accelerator and is skipped while ``torch.compile`` traces).
+left padding raises ``ValueError`` on CPU. The check never synchronises with a device:
+it is a :func:`torch._assert_async`, so on an accelerator a bad mask fails as a
+device-side assert at a later synchronising call, and under ``torch.compile`` it is part
+of the graph.
 
 Under ``torch.compile`` the packed path runs eagerly behind one graph break (packing
 needs the lengths on the host); the layers around it still compile.
@@ -51,12 +53,33 @@ def _first_bad_row(m: Tensor, lengths: Tensor) -> Tensor:
     return torch.where(bad.any(), bad.long().argmax(), none) if len(bad) else none
 
 
+_BAD_ROW = (
+    "mask row {row} is not a right-padded prefix (it has a hole or left padding); "
+    "masked RNNs need mask[b, 0, t] == (t < length_b), as lengths_to_mask builds it"
+)
+
+
 def _raise_bad_row(row: int) -> None:
     if row >= 0:
-        raise ValueError(
-            f"mask row {row} is not a right-padded prefix (it has a hole or left padding); "
-            "masked RNNs need mask[b, 0, t] == (t < length_b), as lengths_to_mask builds it"
-        )
+        raise ValueError(_BAD_ROW.format(row=row))
+
+
+def _check_prefix(m: Tensor, lengths: Tensor) -> None:
+    """Check that ``m`` ``(B, L)`` is right-padded without a host sync.
+
+    The check is :func:`torch._assert_async`: on CPU it fails at once and is re-raised as
+    ``ValueError`` naming the row; on an accelerator it fails asynchronously (a
+    device-side assert, reported by a later synchronising call) and no row is named;
+    under ``torch.compile`` it is part of the graph.
+    """
+    bad = _first_bad_row(m, lengths)
+    if m.device.type != "cpu" or torch.compiler.is_compiling():
+        torch._assert_async(bad < 0, _BAD_ROW.format(row="of the mask"))
+        return
+    try:
+        torch._assert_async(bad < 0, "mask is not a right-padded prefix")
+    except RuntimeError:
+        _raise_bad_row(int(bad))  # error path only: the read costs nothing on CPU
 
 
 def _prefix_lengths(mask: Tensor) -> Tensor:
@@ -161,8 +184,7 @@ def _per_direction_forward(
 ) -> Tensor | tuple[Tensor, Tensor]:
     B, L, _ = seq.shape
     lengths = m[:, 0, :].sum(dim=-1, dtype=torch.long)  # (B,), on the device
-    if not torch.compiler.is_compiling():
-        _raise_bad_row(int(_first_bad_row(m[:, 0, :], lengths)))
+    _check_prefix(m[:, 0, :], lengths)
     dirs = 2 if rnn.bidirectional else 1
     real = m.transpose(1, 2)  # (B, L, 1)
     if L == 0:

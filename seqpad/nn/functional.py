@@ -297,7 +297,11 @@ def _verify_count(count: Tensor | int, x: Tensor) -> None:
         if count == 1:
             raise ValueError(msg)
         return
-    if torch.compiler.is_compiling() or count.device.type != "cpu":
+    if torch.compiler.is_compiling():
+        # (the traced message must be a constant: no symbolic sizes in it)
+        torch._assert_async(count != 1, "Expected more than 1 value per channel when training")
+        return
+    if count.device.type != "cpu":
         torch._assert_async(count != 1, msg)
         return
     try:

@@ -108,7 +108,28 @@ def _zero_state(rnn: nn.RNNBase, like: Tensor, batch: int) -> State:
     return h
 
 
+# Dynamo does not trace RNN modules (nn.LSTM / nn.GRU and subclasses): under
+# torch.compile a masked RNN layer, like a native one, runs eagerly behind a graph break.
+# Its inner functions are kept out of the compiler as a whole (not compiled piecewise
+# around each native RNN call), so the layer costs the same breaks as a native one.
+# The disable is applied on first call: applying it imports torch._dynamo.
+_masked_rnn_forward_disabled: Callable[..., Any] | None = None
+
+
 def _masked_rnn_forward(
+    rnn: nn.RNNBase,
+    native_forward: Callable[[Any], tuple[Any, Any]],
+    x: Tensor,
+    mask: Tensor | None,
+    return_state: bool,
+) -> Tensor | tuple[Tensor, State]:
+    global _masked_rnn_forward_disabled
+    if _masked_rnn_forward_disabled is None:
+        _masked_rnn_forward_disabled = torch.compiler.disable(_masked_rnn_forward_eager)
+    return _masked_rnn_forward_disabled(rnn, native_forward, x, mask, return_state)
+
+
+def _masked_rnn_forward_eager(
     rnn: nn.RNNBase,
     native_forward: Callable[[Any], tuple[Any, Any]],
     x: Tensor,

@@ -23,8 +23,10 @@ it is a :func:`torch._assert_async`, so on an accelerator a bad mask fails as a
 device-side assert at a later synchronising call, and under ``torch.compile`` it is part
 of the graph.
 
-Under ``torch.compile`` the packed path runs eagerly behind one graph break (packing
-needs the lengths on the host); the layers around it still compile.
+Under ``torch.compile`` a masked RNN layer runs eagerly behind a graph break, as a native
+``nn.LSTM`` / ``nn.GRU`` does (dynamo does not trace RNN modules); the layers around it
+still compile. Apart from packing (``return_state=True`` on the LSTM, which needs the
+lengths on the host), nothing reads a tensor's value on the host.
 """
 
 from __future__ import annotations

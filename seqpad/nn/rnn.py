@@ -25,8 +25,10 @@ of the graph.
 
 Under ``torch.compile`` a masked RNN layer runs eagerly behind a graph break, as a native
 ``nn.LSTM`` / ``nn.GRU`` does (dynamo does not trace RNN modules); the layers around it
-still compile. Apart from packing (``return_state=True`` on the LSTM, which needs the
-lengths on the host), nothing reads a tensor's value on the host.
+still compile. Two things still synchronise with an accelerator: packing
+(``return_state=True`` on the LSTM: the lengths go to the host) and, in train mode with
+``num_layers > 1`` and ``dropout > 0``, the inter-layer dropout, whose one draw per real
+token selects the real tokens (``masked_select``, a data-dependent size).
 """
 
 from __future__ import annotations

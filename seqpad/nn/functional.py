@@ -355,7 +355,7 @@ class _MaskedBatchNormTrain(torch.autograd.Function):
                 # Zero the padding first (inf / nan there cannot leak into the matmul
                 # sums), into the buffer that becomes the centred values in place:
                 # t = x * mask - mean * mask = (x - mean) at real positions, 0 at padding.
-                t = xc.masked_fill(~mask, 0)
+                t = torch.where(mask, xc, 0.0)  # one pass (masked_fill would clone first)
                 s = _masked_channel_sum(t, mf)
                 mean = s / _count_divisor(count, cd, xc.device)
                 t.addcmul_(mean.neg().view(1, c, 1), mf)

@@ -362,7 +362,11 @@ class _MaskedBatchNormTrain(torch.autograd.Function):
             m2 = _channel_dot(t, t)
 
             if process_group is not None:
-                local = torch.as_tensor(count, dtype=torch.int64, device=xc.device)
+                local = (  # a fill on the device, not a (synchronising) host copy
+                    torch.full((), count, dtype=torch.int64, device=xc.device)
+                    if isinstance(count, int)
+                    else count
+                )
                 g_count, g_mean, m2 = _all_gather_stats(local, mean, m2, process_group)
                 if mf is not None:
                     t.addcmul_(mf, (mean - g_mean).view(1, c, 1))

@@ -700,7 +700,10 @@ def masked_batch_norm(
     cumulative factor ``1 / num_batches_tracked`` when ``momentum`` is None. A batch with
     no real positions gives zeros and leaves the running statistics untouched; exactly
     one real position raises ``ValueError`` as :func:`torch.nn.functional.batch_norm`
-    does. Evaluation with running statistics: ``(x - running_mean) / sqrt(running_var +
+    does (on CPU; on an accelerator it is an asynchronous device-side assert, as nothing
+    here reads a value on the host: see ``docs/masked-batchnorm.md``). Under
+    ``torch.compile`` training mode traces :func:`masked_batch_norm_reference` (one graph,
+    whatever ``fused`` says). Evaluation with running statistics: ``(x - running_mean) / sqrt(running_var +
     eps) * weight + bias`` at real positions. The output is zero at padded positions and
     no gradient reaches padded inputs.
 

@@ -33,6 +33,8 @@ from seqpad.nn.batchnorm import MaskedSyncBatchNorm1d
 from seqpad.nn.functional import masked_batch_norm
 
 _READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+# Ops whose output size (or check) depends on the data: on a GPU they wait for the device.
+_DATA_SIZED = ("masked_select", "nonzero", "masked_scatter", "unique")
 
 
 class HostRead(AssertionError):
@@ -42,27 +44,33 @@ class HostRead(AssertionError):
 @contextmanager
 def no_host_reads() -> Iterator[list[str]]:
     """Make every Tensor value read raise :class:`HostRead` inside the block."""
-    saved = {name: getattr(torch.Tensor, name) for name in _READS}
+    saved = {name: getattr(torch.Tensor, name) for name in _READS + _DATA_SIZED}
+    saved_fns = {name: getattr(torch, name) for name in _DATA_SIZED}
 
     def failing(name: str) -> Callable[..., Any]:
         def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            raise HostRead(f"host read: Tensor.{name} on a tensor of shape {tuple(self.shape)}")
+            raise HostRead(f"host read: {name} on a tensor of shape {tuple(self.shape)}")
 
         return read
 
     try:
-        for name in _READS:
+        for name in _READS + _DATA_SIZED:
             setattr(torch.Tensor, name, failing(name))
+        for name in _DATA_SIZED:
+            setattr(torch, name, failing(name))
         yield []
     finally:
         for name, fn in saved.items():
             setattr(torch.Tensor, name, fn)
+        for name, fn in saved_fns.items():
+            setattr(torch, name, fn)
 
 
 def test_the_guard_catches_reads() -> None:
     t = torch.tensor([1.0, 2.0])
     for read in (lambda: t.sum().item(), lambda: bool(t[0]), lambda: int(t[0]),
-                 lambda: float(t[0]), lambda: t.tolist(), lambda: [0, 1][t.long()[0]]):
+                 lambda: float(t[0]), lambda: t.tolist(), lambda: [0, 1][t.long()[0]],
+                 lambda: t.masked_select(t > 1), lambda: torch.nonzero(t)):
         with no_host_reads(), pytest.raises(HostRead):
             read()
     assert t.sum().item() == 3.0  # restored
@@ -201,3 +209,20 @@ def test_cuda_masked_cnn_step_under_sync_debug_mode_error() -> None:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
+
+
+def test_rnn_token_dropout_rate_scale_and_padding() -> None:
+    from seqpad.nn.rnn import _token_dropout
+
+    x = torch.ones(8, 300, 64)
+    real = (torch.arange(300) < torch.tensor([250, 240, 200, 150, 100, 50, 10, 0])[:, None])
+    real = real[:, :, None]
+    torch.manual_seed(0)
+    y = _token_dropout(x, real, 0.25)
+    kept = y[real.expand_as(y)]
+    assert abs((kept > 0).double().mean().item() - 0.75) < 0.01
+    assert torch.allclose(kept[kept > 0], torch.tensor(1 / 0.75))
+    assert not y[~real.expand_as(y)].any()
+    # Same draws for the same real tokens whatever the padding.
+    torch.manual_seed(0)
+    assert torch.equal(_token_dropout(x[:, :250], real[:, :250], 0.25), y[:, :250])

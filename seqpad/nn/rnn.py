@@ -25,10 +25,9 @@ of the graph.
 
 Under ``torch.compile`` a masked RNN layer runs eagerly behind a graph break, as a native
 ``nn.LSTM`` / ``nn.GRU`` does (dynamo does not trace RNN modules); the layers around it
-still compile. Two things still synchronise with an accelerator: packing
-(``return_state=True`` on the LSTM: the lengths go to the host) and, in train mode with
-``num_layers > 1`` and ``dropout > 0``, the inter-layer dropout, whose one draw per real
-token selects the real tokens (``masked_select``, a data-dependent size).
+still compile. Only packing (``return_state=True`` on the LSTM: the lengths go to the
+host) synchronises with an accelerator; the inter-layer dropout's one draw per real token
+is a hash of the token's index among the real tokens (no data-dependent sizes).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -197,6 +195,43 @@ def _native_direction(rnn: nn.RNNBase, inp: Tensor, h0: Tensor, params: list[Ten
     return torch.gru(inp, h0, params, rnn.bias, 1, 0.0, rnn.training, False, True)[0]
 
 
+_M32 = 0xFFFFFFFF
+
+
+def _hash32(v: Tensor) -> Tensor:
+    """A 32-bit integer mix (xorshift-multiply rounds) of int64 values in ``[0, 2**32)``.
+
+    Multipliers stay below 2**31 so no int64 product overflows.
+    """
+    v = v & _M32
+    for mult in (0x7FEB352D, 0x5BD1E995, 0x2C1B3C6D):
+        v = v ^ (v >> 16)
+        v = (v * mult) & _M32
+    return v ^ (v >> 15)
+
+
+def _token_dropout(inp: Tensor, real: Tensor, p: float) -> Tensor:
+    """Inter-layer dropout with one draw per real token and channel, without a host sync.
+
+    The keep decision of value ``h`` of the ``k``-th real token (in batch order) is a hash
+    of ``(seed, k, h)``, with one ``seed`` drawn from torch's generator per call: the
+    draws do not depend on how much padding the batch has, and no data-dependent size
+    (``masked_select``) is needed, so nothing waits for the device.
+
+    Args:
+        inp: ``(B, L, H)`` layer output, zero at padding.
+        real: ``(B, L, 1)`` bool, True at real tokens.
+        p: drop probability.
+    """
+    h = inp.shape[-1]
+    seed = torch.randint(0, 2**31 - 1, (), device=inp.device)
+    k = real.reshape(-1).cumsum(0).reshape(real.shape) - 1  # (B, L, 1): real-token index
+    idx = k * h + torch.arange(h, device=inp.device)  # (B, L, H)
+    bits = _hash32(_hash32(idx) ^ seed)
+    keep = bits.to(torch.float64) >= p * 2.0**32  # P(keep) = 1 - p to 2**-32
+    return torch.where(keep & real, inp / (1.0 - p), 0.0).to(inp.dtype)
+
+
 def _cpu_autocast_enabled() -> bool:
     try:
         return bool(torch.is_autocast_enabled("cpu"))
@@ -238,10 +273,7 @@ def _per_direction_forward(
             outs.append(y if d == 0 else y.gather(1, rev[:, :, None].expand_as(y)))
         inp = (torch.cat(outs, dim=-1) if dirs == 2 else outs[0]).masked_fill(~real, 0)
         if rnn.training and rnn.dropout > 0 and layer < rnn.num_layers - 1:
-            # One draw per real token (not per padded slot): padding-independent dropout.
-            vals = inp.masked_select(real).reshape(-1, inp.shape[-1])
-            vals = F.dropout(vals, rnn.dropout, training=True)
-            inp = inp.masked_scatter(real, vals)
+            inp = _token_dropout(inp, real, rnn.dropout)
     out = inp.transpose(1, 2)
     return (out, torch.stack(finals)) if return_state else out
 

@@ -226,6 +226,25 @@ def test_opcheck(interpret):
     )
 
 
+def test_whole_graph_under_torch_compile(interpret):
+    """No graph break (custom ops with fake and autograd formulas); a compiled training
+    step (aot_eager: no backend compiler needed) equals eager, buffers included."""
+    ours, _ = _pair(4)
+    ref = copy.deepcopy(ours)
+    x = torch.randn(3, 4, 16)
+    mask = _mask([16, 9, 4], 16, holes=False)
+    explain = torch._dynamo.explain(copy.deepcopy(ours))(x, mask)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1
+
+    step = torch.compile(lambda t, m: ours(t, m).square().sum(), fullgraph=True, backend="aot_eager")
+    xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    step(xc, mask).backward()
+    ref(xe, mask).square().sum().backward()
+    torch.testing.assert_close(xc.grad, xe.grad, atol=0, rtol=0)
+    torch.testing.assert_close(ours.running_var, ref.running_var, atol=0, rtol=0)
+    torch.testing.assert_close(ours.num_batches_tracked, ref.num_batches_tracked)
+
+
 # ----------------------------------------------------------------------- CUDA only
 
 

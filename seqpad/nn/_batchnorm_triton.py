@@ -237,6 +237,14 @@ def masked_bn_update_running(
     momentum: float, cumulative: bool,
 ) -> None:
     """Running-statistics update from ``stats`` of :func:`masked_bn_fwd`, in place."""
+    _update_running_impl(running_mean, running_var, num_batches_tracked, stats, momentum,
+                         cumulative)
+
+
+def _update_running_impl(
+    running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor, stats: Tensor,
+    momentum: float, cumulative: bool,
+) -> None:
     _kernels().running_update[(1,)](
         stats, running_mean, running_var, num_batches_tracked, stats.shape[1], float(momentum),
         CUMULATIVE=cumulative, HAS_NBT=True, BLOCK_C=min(1024, max(16, _pow2(stats.shape[1]))),
@@ -247,6 +255,33 @@ def masked_bn_update_running(
 def _(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor, stats: Tensor,
       momentum: float, cumulative: bool) -> None:
     return None
+
+
+class _EagerFn(torch.autograd.Function):
+    """The same kernels without the custom-operator dispatch (eager mode only: fewer
+    Python frames per call; ``torch.compile`` traces the operators instead)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, mask: Tensor | None,
+        weight: Tensor | None, bias: Tensor | None, eps: float,
+    ) -> tuple[Tensor, Tensor]:
+        y, stats, bounds = _fwd_impl(x, mask, weight, bias, eps)
+        ctx.save_for_backward(x, mask, weight, stats, bounds)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(stats)
+        return y, stats
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, dy: Tensor, _dstats: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, mask, weight, stats, bounds = ctx.saved_tensors
+        dx, grads = _bwd_impl(dy, x, mask, bounds, weight, stats)
+        dw = None if weight is None else grads[0].to(weight.dtype)
+        db = None if ctx.bias_dtype is None else grads[1].to(ctx.bias_dtype)
+        return dx, None, dw, db, None
 
 
 # ------------------------------------------------------------------------ entry point
@@ -266,7 +301,11 @@ def forward(bn: MaskedBatchNorm1d, x: Tensor, mask: Tensor | None) -> Tensor | N
     if not use_batch_stats or not available(x):
         return None
     m = as_mask(mask, x)
-    y, stats, _ = masked_bn_fwd(x, m, bn.weight, bn.bias, bn.eps)
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        y, stats, _ = masked_bn_fwd(x, m, bn.weight, bn.bias, bn.eps)
+    else:
+        y, stats = _EagerFn.apply(x, m, bn.weight, bn.bias, bn.eps)
     if m is None:
         if x.shape[0] * x.shape[2] == 1:
             raise ValueError(_ONE_VALUE.format(x.size()))
@@ -281,9 +320,9 @@ def forward(bn: MaskedBatchNorm1d, x: Tensor, mask: Tensor | None) -> Tensor | N
     if bn.training and bn.track_running_stats:
         assert bn.running_mean is not None and bn.running_var is not None
         assert bn.num_batches_tracked is not None
-        cumulative = bn.momentum is None
-        masked_bn_update_running(
+        update = masked_bn_update_running if compiling else _update_running_impl
+        update(
             bn.running_mean, bn.running_var, bn.num_batches_tracked, stats,
-            0.0 if bn.momentum is None else bn.momentum, cumulative,
+            0.0 if bn.momentum is None else bn.momentum, bn.momentum is None,
         )
     return y

@@ -245,6 +245,57 @@ def test_whole_graph_under_torch_compile(interpret):
     torch.testing.assert_close(ours.num_batches_tracked, ref.num_batches_tracked)
 
 
+@pytest.mark.skipif(INTERPRETING, reason="compiles the real kernels, not the interpreter's")
+@pytest.mark.parametrize("dtype", ["*fp32", "*bf16"])
+def test_kernels_compile_for_sm90_without_a_gpu(dtype):
+    """Every kernel goes through Triton's whole compiler (down to a cubin for sm_90 with
+    Triton's bundled ptxas): catches errors the interpreter lets through."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from seqpad.nn import _batchnorm_triton_kernels as K
+
+    ks = K.build(False)
+    i32, f32 = "i32", "*fp32"
+    for has_mask in (True, False):
+        m = "*i1" if has_mask else dtype
+        common = {"mask_ptr": m, "bounds_ptr": "*i32"}
+        cases = [
+            ("fwd_stats", {"x_ptr": dtype, **common, "part_ptr": f32, "B": i32, "C": i32,
+                           "L": i32, "ROWS_PER": i32, "NSPLIT": i32},
+             {"HAS_MASK": has_mask, "BLOCK": 512}),
+            ("fwd_norm", {"x_ptr": dtype, **common, "part_ptr": f32, "w_ptr": f32,
+                          "b_ptr": f32, "y_ptr": dtype, "stats_ptr": f32, "C": i32, "L": i32,
+                          "NSPLIT": i32, "eps": "fp32"},
+             {"HAS_MASK": has_mask, "HAS_W": True, "HAS_B": True, "NSPLIT_P2": 4,
+              "BLOCK": 512}),
+            ("bwd_reduce", {"dy_ptr": dtype, "x_ptr": dtype, **common, "stats_ptr": f32,
+                            "part_ptr": f32, "B": i32, "C": i32, "L": i32, "ROWS_PER": i32,
+                            "NSPLIT": i32},
+             {"HAS_MASK": has_mask, "BLOCK": 1024}),
+            ("bwd_dx", {"dy_ptr": dtype, "x_ptr": dtype, **common, "stats_ptr": f32,
+                        "w_ptr": f32, "part_ptr": f32, "dx_ptr": dtype, "grads_ptr": f32,
+                        "C": i32, "L": i32, "NSPLIT": i32},
+             {"HAS_MASK": has_mask, "HAS_W": False, "NSPLIT_P2": 1, "BLOCK": 1024}),
+        ]
+        if has_mask:
+            cases.append(("row_bounds", {"mask_ptr": "*i1", "bounds_ptr": "*i32", "L": i32},
+                          {"BLOCK": 1024}))
+            cases.append(("running_update", {"stats_ptr": f32, "rm_ptr": dtype, "rv_ptr": dtype,
+                                             "nbt_ptr": "*i64", "C": i32, "momentum": "fp32"},
+                          {"CUMULATIVE": dtype == "*fp32", "HAS_NBT": True, "BLOCK_C": 1024}))
+        for name, sig, const in cases:
+            sig = {**sig, **dict.fromkeys(const, "constexpr")}
+            try:
+                out = compile(ASTSource(getattr(ks, name), sig, const),
+                              target=GPUTarget("cuda", 90, 32))
+            except (RuntimeError, FileNotFoundError, ImportError) as err:
+                if "ptxas" in str(err) or isinstance(err, (FileNotFoundError, ImportError)):
+                    pytest.skip(f"no usable CUDA toolchain in this Triton install: {err}")
+                raise
+            assert out.asm["cubin"], name
+
+
 # ----------------------------------------------------------------------- CUDA only
 
 

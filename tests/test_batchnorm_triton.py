@@ -52,7 +52,7 @@ def test_kernels_under_triton_interpreter():
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "not cuda and not under_triton_interpreter"],
+         "-k", "not cuda and not under_triton_interpreter and not sm90"],
         env=env, cwd=root, capture_output=True, text=True, timeout=600,
     )
     out = proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -31,6 +31,7 @@ Under ``TRITON_INTERPRET=1`` the interpreted kernels run on CPU tensors, when
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from types import SimpleNamespace
@@ -75,11 +76,20 @@ def _kernels() -> SimpleNamespace:
 def available(x: Tensor) -> bool:
     """Whether the Triton kernels can take ``x``: a 3-D CUDA tensor of a supported dtype
     (or a CPU one under the interpreter, for tests) with Triton installed."""
-    if not _HAS_TRITON or x.dim() != 3 or x.dtype not in SUPPORTED:
+    if not _HAS_TRITON or x.dim() != 3 or x.dtype not in SUPPORTED or x.numel() == 0:
         return False
     if x.device.type == "cuda":
         return True
     return x.device.type == "cpu" and _CPU_INTERPRETER and _interpreting()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _on_device(x: Tensor) -> contextlib.AbstractContextManager[object]:
+    """Triton launches on the current CUDA device: make it ``x``'s."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _pow2(n: int) -> int:
@@ -129,7 +139,7 @@ def _fwd_impl(
     ks.fwd_stats[(c, nsplit)](
         x, m_arg, bounds, part, b, c, length, rows_per, nsplit, HAS_MASK=has_mask, BLOCK=block
     )
-    ks.fwd_norm[(b * c, triton_cdiv(length, block))](
+    ks.fwd_norm[(b * c, _cdiv(length, block))](
         x, m_arg, bounds, part,
         weight if weight is not None else x, bias if bias is not None else x,
         y, stats, c, length, nsplit, float(eps),
@@ -158,16 +168,12 @@ def _bwd_impl(
     )
     dx = torch.empty_like(x)
     grads = torch.empty(2, c, dtype=torch.float32, device=x.device)
-    ks.bwd_dx[(b * c, triton_cdiv(length, block))](
+    ks.bwd_dx[(b * c, _cdiv(length, block))](
         dy, x, m_arg, bounds, stats, weight if weight is not None else x, part, dx, grads,
         c, length, nsplit,
         HAS_MASK=has_mask, HAS_W=weight is not None, NSPLIT_P2=_pow2(nsplit), BLOCK=block,
     )
     return dx, grads
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # ------------------------------------------------------------------ custom operators
@@ -178,7 +184,8 @@ def masked_bn_fwd(
     x: Tensor, mask: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Training-mode masked batch norm forward: ``(y, stats (4, C), bounds (B, 4))``."""
-    return _fwd_impl(x, mask, weight, bias, eps)
+    with _on_device(x):
+        return _fwd_impl(x, mask, weight, bias, eps)
 
 
 @masked_bn_fwd.register_fake
@@ -198,7 +205,8 @@ def masked_bn_bwd(
     stats: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """Backward of :func:`masked_bn_fwd`: ``(dx, grads (2, C) = (dweight, dbias))``."""
-    return _bwd_impl(dy, x, mask, bounds, weight, stats)
+    with _on_device(x):
+        return _bwd_impl(dy, x, mask, bounds, weight, stats)
 
 
 @masked_bn_bwd.register_fake
@@ -245,8 +253,9 @@ def _update_running_impl(
     running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor, stats: Tensor,
     momentum: float, cumulative: bool,
 ) -> None:
-    _kernels().running_update[(1,)](
-        stats, running_mean, running_var, num_batches_tracked, stats.shape[1], float(momentum),
+    with _on_device(stats):
+        _kernels().running_update[(1,)](
+            stats, running_mean, running_var, num_batches_tracked, stats.shape[1], float(momentum),
         CUMULATIVE=cumulative, HAS_NBT=True, BLOCK_C=min(1024, max(16, _pow2(stats.shape[1]))),
     )
 
@@ -266,7 +275,8 @@ class _EagerFn(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, x: Tensor, mask: Tensor | None,
         weight: Tensor | None, bias: Tensor | None, eps: float,
     ) -> tuple[Tensor, Tensor]:
-        y, stats, bounds = _fwd_impl(x, mask, weight, bias, eps)
+        with _on_device(x):
+            y, stats, bounds = _fwd_impl(x, mask, weight, bias, eps)
         ctx.save_for_backward(x, mask, weight, stats, bounds)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(stats)
@@ -278,7 +288,8 @@ class _EagerFn(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, dy: Tensor, _dstats: Tensor
     ) -> tuple[Tensor | None, ...]:
         x, mask, weight, stats, bounds = ctx.saved_tensors
-        dx, grads = _bwd_impl(dy, x, mask, bounds, weight, stats)
+        with _on_device(x):
+            dx, grads = _bwd_impl(dy, x, mask, bounds, weight, stats)
         dw = None if weight is None else grads[0].to(weight.dtype)
         db = None if ctx.bias_dtype is None else grads[1].to(ctx.bias_dtype)
         return dx, None, dw, db, None

@@ -32,9 +32,9 @@ else
         echo "gpu_check: no CUDA device (use --cpu-smoke to check the script on CPU)" >&2
         exit 2
     fi
-    TEST_T=170; BN_T=90; MODEL_T=170
+    TEST_T=150; BN_T=90; MODEL_T=210
     BN_ARGS=(--device cuda --shape 64x256x512 --shape 16x1280x1024 --repeats 30)
-    MODEL_ARGS=(--device cuda --max-tokens 65536 --d-model 256 --batches 6 --repeats 5)
+    MODEL_ARGS=(--device cuda --max-tokens 65536 --d-model 256 --batches 4 --repeats 5)
 fi
 start=$(date +%s)
 

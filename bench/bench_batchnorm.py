@@ -17,12 +17,20 @@ distribution (``data/UP000000625-E.coli.fasta.gz``) and cropped to L.
     python bench/bench_batchnorm.py --device cuda      # on a GPU
     python bench/bench_batchnorm.py --quick            # smoke test
     python bench/bench_batchnorm.py --split            # + forward-only / backward-only ratios
+    python bench/bench_batchnorm.py --device cuda --shape 64x256x512 --dtype float32 \
+        --dtype bfloat16 --json bench/_work/bn.json   # as bench/gpu_check.sh runs it
+
+On CUDA with Triton installed, ``fused`` is the Triton kernel path
+(``seqpad/nn/_batchnorm_triton.py``). ``--triton-interpret`` (with ``TRITON_INTERPRET=1``
+in the environment) runs those kernels on CPU under Triton's interpreter: a smoke test of
+the wiring, not a speed figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import platform
 import statistics
@@ -162,8 +170,21 @@ def main() -> None:
     ap.add_argument("--split", action="store_true",
                     help="also forward-only and backward-only ratios (each to native's)")
     ap.add_argument("--shape", action="append", default=None, metavar="BxCxL",
-                    help="only these shapes (e.g. 64x256x512 or 8192x256; repeatable), float32")
+                    help="only these shapes (e.g. 64x256x512 or 8192x256; repeatable)")
+    ap.add_argument("--dtype", action="append", default=None,
+                    choices=["float32", "bfloat16", "float16"],
+                    help="dtypes for --shape (repeatable; default float32); half types "
+                         "run under torch.autocast")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--triton-interpret", action="store_true",
+                    help="CPU smoke test: fused = the Triton kernels under TRITON_INTERPRET=1")
     args = ap.parse_args()
+    if args.triton_interpret:
+        from seqpad.nn import _batchnorm_triton
+
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            sys.exit("--triton-interpret needs TRITON_INTERPRET=1 in the environment")
+        _batchnorm_triton._CPU_INTERPRETER = True
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = proteome_lengths()
@@ -179,7 +200,8 @@ def main() -> None:
         if args.device == "cuda":
             cases += [((64, 256, 512), torch.float16)]
     if args.shape:
-        cases = [(tuple(int(v) for v in sh.split("x")), torch.float32) for sh in args.shape]
+        dtypes = [getattr(torch, d) for d in (args.dtype or ["float32"])]
+        cases = [(tuple(int(v) for v in sh.split("x")), dt) for sh in args.shape for dt in dtypes]
     names = ["eager", "fused", "seed-2020"] if args.fused else ["eager", "seed-2020"]
     if args.split:
         names += [f"{n} {part}" for part in ("fwd", "bwd") for n in names if n != "seed-2020"]
@@ -192,6 +214,7 @@ def main() -> None:
     header = "| shape | dtype | real fraction | native ms | " + " | ".join(names) + " |"
     print(header)
     print("|" + "---|" * (4 + len(names)))
+    results = []
     for shape, dtype in cases:
         res = bench_shape(shape, dtype, args, lengths)
         gen = torch.Generator().manual_seed(0)
@@ -200,6 +223,11 @@ def main() -> None:
         cells = " | ".join(f"{res[n]:.2f}x" for n in names)
         print(f"| {tuple(shape)} | {str(dtype).replace('torch.', '')} | {frac:.2f} | "
               f"{res['native_ms']:.2f} | {cells} |", flush=True)
+        results.append({"shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
+                        "real_fraction": frac, **res})
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": args.device, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

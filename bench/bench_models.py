@@ -24,12 +24,19 @@ Run:  python bench/bench_models.py                         (CPU, ~2-3 min)
       python bench/bench_models.py --quick                 (smoke test)
       python bench/bench_models.py --device cuda --max-tokens 65536 --d-model 256
       python bench/bench_models.py --profile               (where the masked CNN's time goes)
+      python bench/bench_models.py --device cuda --only cnn --compiled --json out.json
+                                                (+ torch.compile rows, as bench/gpu_check.sh)
+
+``--compiled`` adds the CNNs under ``torch.compile`` (model only; masked vs native, both
+compiled) and, on CUDA, the masked CNN under ``torch.compile(mode="reduce-overhead")``
+(CUDA graphs); compiled rows are compared with the compiled native CNN.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
 import time
@@ -159,10 +166,13 @@ def sync(device: torch.device) -> None:
 class Variant:
     """One model + optimizer; ``run(batches)`` does one training step per batch."""
 
-    def __init__(self, name: str, model: nn.Module, masked: bool, device: torch.device) -> None:
+    def __init__(self, name: str, model: nn.Module, masked: bool, device: torch.device,
+                 compile_kw: dict[str, Any] | None = None) -> None:
         self.name, self.masked, self.device = name, masked, device
         self.model = model.to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        if compile_kw is not None:
+            self.model = torch.compile(self.model, **compile_kw)  # type: ignore[assignment]
 
     def step(self, batch: Batch) -> None:
         targets = batch.tokens.masked_fill(~batch.mask[:, 0], -100)
@@ -208,6 +218,16 @@ def make_variants(args: argparse.Namespace, vocab: int, pad_id: int,
             if isinstance(m, MaskedBatchNorm1d):
                 m.fused = True
         variants["cnn masked fused-BN"] = Variant("cnn masked fused-BN", fused, True, device)
+    if args.compiled:
+        kw: dict[str, Any] = {"backend": args.compile_backend}
+        variants["cnn native compiled"] = Variant(
+            "cnn native compiled", copy.deepcopy(native_cnn), False, device, kw)
+        variants["cnn masked compiled"] = Variant(
+            "cnn masked compiled", copy.deepcopy(masked_cnn), True, device, kw)
+        if device.type == "cuda":
+            variants["cnn masked reduce-overhead"] = Variant(
+                "cnn masked reduce-overhead", copy.deepcopy(masked_cnn), True, device,
+                {"mode": "reduce-overhead"})
     return variants
 
 
@@ -248,6 +268,11 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="profile the CNNs instead")
     ap.add_argument("--quick", action="store_true", help="2 batches, 2 repeats")
     ap.add_argument("--md", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--compiled", action="store_true",
+                    help="add torch.compile rows (and reduce-overhead on CUDA)")
+    ap.add_argument("--compile-backend", default="inductor",
+                    help="backend of the --compiled rows (aot_eager: CPU smoke test)")
     args = ap.parse_args()
     if args.quick:
         args.batches, args.repeats = 2, 2
@@ -260,13 +285,13 @@ def main() -> None:
     variants = make_variants(args, tok.vocab_size, tok.pad_id, device)
     if args.only:
         variants = {k: v for k, v in variants.items() if k.startswith(args.only)}
-    # fused-BN compiles on first use; drop the row if torch.compile does not work here
-    if "cnn masked fused-BN" in variants:
+    # fused-BN and the compiled rows compile on first use; drop a row if that fails here
+    for name in [k for k in variants if "fused" in k or "compiled" in k or "overhead" in k]:
         try:
-            variants["cnn masked fused-BN"].run(batches[:1])
+            variants[name].run(batches[:1])
         except Exception as exc:  # e.g. no C++ compiler for inductor on CPU
-            print(f"fused-BN row skipped: {type(exc).__name__}: {exc}"[:300])
-            del variants["cnn masked fused-BN"]
+            print(f"{name} row skipped: {type(exc).__name__}: {exc}"[:300])
+            del variants[name]
     if args.profile:
         profile(variants, batches, rows=25)
         return
@@ -306,14 +331,20 @@ def main() -> None:
             f"max_length={args.max_length} batches={len(batches)} repeats={args.repeats} "
             f"padding={1 - real / padded:.1%} ({machine_note()})")
     rows = []
+    results = []
     for name in names:
         base = name.split()[0] + " native"
+        if ("compiled" in name or "overhead" in name) and f"{base} compiled" in med:
+            base += " compiled"
         ms = med[name] / len(batches) * 1e3
+        rec: dict[str, Any] = {"name": name, "base": base, "ms": ms}
         if name == base:
             ratio = "1 (reference)"
         else:
-            ratio = f"{med[name] / med[base]:.2f}x (paired {paired(name, base):.2f}x)"
+            rec["ratio"], rec["paired"] = med[name] / med[base], paired(name, base)
+            ratio = f"{rec['ratio']:.2f}x (paired {rec['paired']:.2f}x) vs {base}"
         rows.append([name, f"{ms:.1f}", f"{real / med[name]:,.0f}", ratio])
+        results.append(rec)
     out = "\n".join([head, "", table(["model (train step)", "ms / step", "real tokens/s",
                                       "masked / native"], rows),
                     "",
@@ -323,6 +354,9 @@ def main() -> None:
     print(out)
     if args.md:
         args.md.write_text(out + "\n")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": dev, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from seqpad.nn import _batchnorm_triton
 from seqpad.nn.functional import masked_batch_norm
 
 __all__ = [
@@ -68,6 +69,8 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         group = self._process_group()
         if mask is None and group is None:
             return super().forward(x)
+        if self.fused and group is None and (y := _batchnorm_triton.forward(self, x, mask)) is not None:
+            return y  # CUDA + Triton: the kernels of seqpad/nn/_batchnorm_triton.py
         return masked_batch_norm(
             x,
             mask,

@@ -63,3 +63,69 @@ def test_crop_that_removes_stored_specials_warns_once() -> None:
         Collator(TOK, max_length=6, crop="start")([_stored("MKVLAGHIKL", False, False)])
         # a crop that keeps both (short enough) does not warn either
         Collator(TOK, max_length=12, crop="random", seed=0)([ids])
+
+
+@pytest.mark.parametrize("kw", [{}, {"track_running_stats": False}, {"affine": False},
+                                {"affine": False, "track_running_stats": False}])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(2, 9, 5), (4, 9)])
+def test_masked_batchnorm_wrong_channels_gives_native_message(kw, training, shape) -> None:
+    import torch
+
+    from seqpad.nn import MaskedBatchNorm1d
+
+    x = torch.randn(*shape)
+    mask = torch.ones(shape[0], 1, shape[2], dtype=torch.bool) if len(shape) == 3 else \
+        torch.ones(shape[0], dtype=torch.bool)
+    native = torch.nn.BatchNorm1d(8, **kw).train(training)
+    ours = MaskedBatchNorm1d(8, **kw).train(training)
+    try:
+        expected = native(x)
+    except RuntimeError as e:
+        with pytest.raises(RuntimeError) as got:
+            ours(x, mask)
+        assert str(got.value) == str(e)
+        with pytest.raises(RuntimeError, match=f"^{e}$"):
+            ours(x)  # the native path itself
+    else:  # no affine, no running stats: any C works, as natively
+        torch.testing.assert_close(ours(x, mask), expected)
+
+
+def test_embedding_ids_outside_the_vocabulary() -> None:
+    import torch
+
+    from seqpad.nn import MaskedEmbedding
+
+    emb = MaskedEmbedding(31, 4)
+    with pytest.raises(IndexError, match=r"^token id 40 at position \(1, 2\) of ids of shape "
+                       r"\(2, 3\) is outside \[0, 31\), the embedding's num_embeddings "
+                       r"\(Tokenizer.vocab_size\)"):
+        emb(torch.tensor([[5, 6, 0], [5, 6, 40]]))
+    with pytest.raises(IndexError, match="token id -1 at position"):
+        emb(torch.tensor([[-1, 6]]))
+    # positions masked out are never looked up: whatever they hold is fine
+    out = emb(torch.tensor([[5, 40]]), torch.tensor([[[True, False]]]))
+    assert torch.equal(out[0, :, 1], torch.zeros(4))
+    emb(torch.zeros(0, 5, dtype=torch.long))  # empty: nothing to check
+
+
+def test_embedding_id_check_without_host_sync_when_compiling(monkeypatch) -> None:
+    """Off CPU (and while compiling) the check is torch._assert_async: same words."""
+    import torch
+
+    from seqpad.nn import MaskedEmbedding
+
+    calls = []
+    real = torch._assert_async
+
+    def spy(cond, msg):
+        calls.append(msg)
+        return real(cond, msg)
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch, "_assert_async", spy)
+    emb = MaskedEmbedding(31, 4)
+    emb(torch.tensor([[5, 30]]))
+    with pytest.raises(RuntimeError, match=r"^a token id is outside \[0, 31\)"):
+        emb(torch.tensor([[5, 31]]))
+    assert len(calls) == 2

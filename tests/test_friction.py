@@ -129,3 +129,16 @@ def test_embedding_id_check_without_host_sync_when_compiling(monkeypatch) -> Non
     with pytest.raises(RuntimeError, match=r"^a token id is outside \[0, 31\)"):
         emb(torch.tensor([[5, 31]]))
     assert len(calls) == 2
+
+
+def test_dir_seqpad_lists_each_public_name_once() -> None:
+    import seqpad
+
+    seqpad.Tokenizer  # noqa: B018  (cached in the module's globals now)
+    seqpad.TokenizedDataset  # noqa: B018
+    names = dir(seqpad)
+    assert len(names) == len(set(names))
+    assert not {"Any", "TYPE_CHECKING", "importlib", "annotations"} & set(names)
+    assert set(seqpad.__all__) <= set(names) and {"nn", "models"} <= set(names)
+    public = [n for n in names if not n.startswith("_")]
+    assert sorted(public) == sorted({*seqpad.__all__, "nn", "models"} - {"__version__"})

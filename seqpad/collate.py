@@ -385,8 +385,8 @@ class Collator:
                 self._warn_once("crop specials", (
                     f"{self._label(i, names)}: cropping to max_length={self.max_length} "
                     "removes the bos/eos stored with the ids (a store written with --bos / "
-                    "--eos); crop the residues only with a store written without them and "
-                    "Collator(add_bos=..., add_eos=...)"))
+                    "--eos); to crop, write the store without them and let "
+                    "Collator(add_bos=True, add_eos=True) add them after the crop"))
             bodies[i] = body[s: s + window]
         return bodies
 

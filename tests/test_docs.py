@@ -128,3 +128,53 @@ def test_one_store_name_for_the_proteome_everywhere() -> None:
                 args = shlex.split(text)
                 outputs[f"{page.name}:{line}"] = args[args.index("-o") + 1]
     assert len(outputs) >= 4 and set(outputs.values()) == {"ecoli.store"}, outputs
+
+
+def _line(exc: BaseException) -> str:
+    t = type(exc)
+    name = t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
+    return f"{name}: {exc}"
+
+
+def test_error_lines_shown_in_the_docs_are_the_real_ones() -> None:
+    """The example error / warning lines of the "Errors" sections are what the code says."""
+    import numpy as np
+
+    from seqpad import Collator, TokenBudgetBatchSampler, Tokenizer
+    from seqpad.nn import MaskedBatchNorm1d, MaskedEmbedding, MaskedLSTM
+
+    tok = Tokenizer("protein")
+    calls = {
+        "batching.md": [
+            lambda: Collator("protein"),
+            lambda: Collator(tok)([np.array([5, 40])]),
+            lambda: Collator(tok, max_length=4, crop="error")(["MKVLA"]),
+            lambda: Collator(tok)([]),
+            lambda: TokenBudgetBatchSampler([5, 6, 7], 100, num_replicas=4, rank=0),
+            lambda: TokenBudgetBatchSampler([100] * 5, 100, num_replicas=3, rank=0),
+            lambda: TokenBudgetBatchSampler([100] * 10, 200, num_replicas=8, rank=0,
+                                            drop_last=True),
+        ],
+        "models.md": [
+            lambda: MaskedEmbedding(31, 8)(torch.tensor([[5, 40]])),
+            lambda: MaskedBatchNorm1d(8)(torch.randn(2, 9, 5),
+                                         torch.ones(2, 1, 5, dtype=torch.bool)),
+            lambda: MaskedLSTM(4, 8)(torch.randn(1, 4, 3), torch.tensor([[[True, False, True]]])),
+            lambda: MaskedLSTM(4, 8, return_state=True),
+        ],
+    }
+    for page, fns in calls.items():
+        text = (ROOT / "docs" / page).read_text()
+        for fn in fns:
+            with pytest.raises(Exception) as e:
+                fn()
+            assert _line(e.value) in text, (page, _line(e.value))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Collator(tok, add_bos=True, add_eos=True)([tok.encode("MKV", add_bos=True, add_eos=True)])
+        Collator(tok, max_length=6, crop="start")([tok.encode("MKVLAGHIKL", add_bos=True,
+                                                              add_eos=True)])
+    text = (ROOT / "docs" / "batching.md").read_text()
+    assert len(caught) == 3
+    for w in caught:
+        assert f"UserWarning: {w.message}" in text

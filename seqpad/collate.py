@@ -274,12 +274,15 @@ class Collator:
     def _warn_double_specials(self, bodies: list[bytes]) -> None:
         """Warn (once) when token ids already start with bos / end with eos and this
         collator adds them again: a store written with ``--bos`` / ``--eos``."""
+        warned = self.__dict__.get("_warned", set())
+        check_bos = self.add_bos and "double bos" not in warned  # no scan once warned
+        check_eos = self.add_eos and "double eos" not in warned
         bos, eos = bytes([int(self.tokenizer.bos_id)]), bytes([int(self.tokenizer.eos_id)])
-        if self.add_bos and any(b[:1] == bos for b in bodies):
+        if check_bos and any(b[:1] == bos for b in bodies):
             self._warn_once("double bos", "token ids that already start with bos_id (a store "
                             "written with --bos / add_bos=True) get a second bos from "
                             "Collator(add_bos=True); use one or the other")
-        if self.add_eos and any(b[-1:] == eos for b in bodies):
+        if check_eos and any(b[-1:] == eos for b in bodies):
             self._warn_once("double eos", "token ids that already end with eos_id (a store "
                             "written with --eos / add_eos=True) get a second eos from "
                             "Collator(add_eos=True); use one or the other")

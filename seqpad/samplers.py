@@ -120,6 +120,10 @@ class TokenBudgetBatchSampler:
         if isinstance(lengths, torch.Tensor):
             lengths = lengths.detach().cpu().numpy()
         lens = np.asarray(lengths)
+        if lens.dtype.kind not in "iuf" and (lens.ndim != 1 or lens.size):
+            raise TypeError("lengths must be the length of every sequence (a list, array or "
+                            "tensor of ints) or a dataset with a .lengths attribute such as "
+                            f"TokenizedDataset, got {type(lengths).__name__}")
         if lens.ndim != 1:
             raise ValueError(f"lengths must be 1-D (N,), got shape {lens.shape}")
         if lens.size and not np.issubdtype(lens.dtype, np.integer) and not (

@@ -286,6 +286,12 @@ def test_accepts_a_dataset_with_lengths():
             return 5
 
     assert list(make(DS(), 16, shuffle=False)) == [[2, 4], [0, 1, 3]]
+    with pytest.raises(TypeError, match=r"^lengths must be the length of every sequence .* "
+                       r"or a dataset with a \.lengths attribute such as TokenizedDataset, "
+                       r"got list$"):
+        TokenBudgetBatchSampler(["MKV", "MK"], 16)
+    with pytest.raises(TypeError, match=r"got object$"):
+        TokenBudgetBatchSampler(object(), 16)
 
 
 def test_accepts_a_tokenized_dataset(tmp_path):

@@ -151,11 +151,12 @@ def _check_token_ids(ids: Tensor, num_embeddings: int) -> None:
             "vocabulary, or num_embeddings is too small")
     if ids.numel() == 0:
         return
+    lo, hi = torch.aminmax(ids)  # one pass, no boolean temporaries
     if ids.device.type != "cpu" or torch.compiler.is_compiling():
-        torch._assert_async(((ids >= 0) & (ids < num_embeddings)).all(), f"a token id {rest}")
+        torch._assert_async((lo >= 0) & (hi < num_embeddings), f"a token id {rest}")
         return
-    bad = (ids < 0) | (ids >= num_embeddings)
-    if bool(bad.any()):
+    if int(lo) < 0 or int(hi) >= num_embeddings:
+        bad = (ids < 0) | (ids >= num_embeddings)
         where = tuple(int(i) for i in bad.nonzero()[0])
         raise IndexError(f"token id {int(ids[where])} at position {where} of ids of shape "
                          f"{tuple(ids.shape)} {rest}")

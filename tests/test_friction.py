@@ -142,3 +142,16 @@ def test_dir_seqpad_lists_each_public_name_once() -> None:
     assert set(seqpad.__all__) <= set(names) and {"nn", "models"} <= set(names)
     public = [n for n in names if not n.startswith("_")]
     assert sorted(public) == sorted({*seqpad.__all__, "nn", "models"} - {"__version__"})
+
+
+def test_embedding_id_check_compiles_without_graph_break() -> None:
+    import torch
+
+    from seqpad.nn import MaskedEmbedding
+
+    emb = MaskedEmbedding(31, 8)
+    compiled = torch.compile(emb, backend="aot_eager", fullgraph=True)  # a break would raise
+    ids = torch.randint(0, 31, (4, 10))
+    torch.testing.assert_close(compiled(ids), emb(ids), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"a token id is outside \[0, 31\)"):
+        compiled(torch.tensor([[5, 40]] * 4))

@@ -154,6 +154,7 @@ def test_error_lines_shown_in_the_docs_are_the_real_ones() -> None:
             lambda: TokenBudgetBatchSampler([100] * 5, 100, num_replicas=3, rank=0),
             lambda: TokenBudgetBatchSampler([100] * 10, 200, num_replicas=8, rank=0,
                                             drop_last=True),
+            lambda: TokenBudgetBatchSampler(["MKV", "MK"], 100),
         ],
         "models.md": [
             lambda: MaskedEmbedding(31, 8)(torch.tensor([[5, 40]])),

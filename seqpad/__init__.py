@@ -76,4 +76,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    # the public names once each (cached or not) and the module's own dunders; not the
+    # helpers this file imports (importlib, Any, TYPE_CHECKING) or loaded submodules
+    dunders = {n for n in globals() if n.startswith("__") and n.endswith("__")}
+    return sorted({*__all__, "nn", "models", *dunders})

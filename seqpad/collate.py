@@ -8,6 +8,7 @@ and ``lengths`` ``(B,)`` int64.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from itertools import accumulate
@@ -140,6 +141,11 @@ class Collator:
         add_eos: bool = False,
         seed: int | None = None,
     ) -> None:
+        if not isinstance(tokenizer, Tokenizer):
+            hint = (f"; use Collator(Tokenizer({tokenizer!r}))"
+                    if isinstance(tokenizer, str) else "")
+            raise TypeError(f"Collator needs a seqpad Tokenizer as its first argument, "
+                            f"got {type(tokenizer).__name__} {tokenizer!r}{hint}")
         if crop not in ("random", "start", "error"):
             raise ValueError(f"crop must be 'random', 'start' or 'error', got {crop!r}")
         if pad_to_multiple_of is not None and (
@@ -163,6 +169,7 @@ class Collator:
         self.epoch = 0
         self._rng: np.random.Generator | None = None
         self._stream: tuple[int, int] | None = None
+        self._warned: set[str] = set()  # warnings given once per Collator
         self._setup()
 
     def _setup(self) -> None:
@@ -252,9 +259,33 @@ class Collator:
                         bodies[i] = self._ids_bytes(payloads[i], i, names)
                         if pad_free and self._pad_byte in bodies[i]:
                             pad_free = False  # a real token equals pad: mask from lengths
+        if self._specials and kinds != {str}:  # token ids may carry stored bos/eos
+            self._warn_double_specials(bodies)
         if self._window is not None:
             bodies = self._crop(bodies, self._window, names)
         return self._assemble(bodies, names, pad_free)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        warned = self.__dict__.setdefault("_warned", set())  # pickles from older versions
+        if key not in warned:
+            warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+    def _warn_double_specials(self, bodies: list[bytes]) -> None:
+        """Warn (once) when token ids already start with bos / end with eos and this
+        collator adds them again: a store written with ``--bos`` / ``--eos``."""
+        warned = self.__dict__.get("_warned", set())
+        check_bos = self.add_bos and "double bos" not in warned  # no scan once warned
+        check_eos = self.add_eos and "double eos" not in warned
+        bos, eos = bytes([int(self.tokenizer.bos_id)]), bytes([int(self.tokenizer.eos_id)])
+        if check_bos and any(b[:1] == bos for b in bodies):
+            self._warn_once("double bos", "token ids that already start with bos_id (a store "
+                            "written with --bos / add_bos=True) get a second bos from "
+                            "Collator(add_bos=True); use one or the other")
+        if check_eos and any(b[-1:] == eos for b in bodies):
+            self._warn_once("double eos", "token ids that already end with eos_id (a store "
+                            "written with --eos / add_eos=True) get a second eos from "
+                            "Collator(add_eos=True); use one or the other")
 
     @staticmethod
     def _split(ids: bytes, texts: Sequence[str]) -> list[bytes]:
@@ -350,8 +381,16 @@ class Collator:
         else:
             starts = self._generator().integers(0, lens[over] - window + 1)
         bodies = list(bodies)
+        bos, eos = int(self.tokenizer.bos_id), int(self.tokenizer.eos_id)
         for i, s in zip(over.tolist(), starts.tolist()):  # noqa: B905
-            bodies[i] = bodies[i][s: s + window]
+            body = bodies[i]
+            if (s > 0 and body[0] == bos) or (s + window < len(body) and body[-1] == eos):
+                self._warn_once("crop specials", (
+                    f"{self._label(i, names)}: cropping to max_length={self.max_length} "
+                    "removes the bos/eos stored with the ids (a store written with --bos / "
+                    "--eos); to crop, write the store without them and let "
+                    "Collator(add_bos=True, add_eos=True) add them after the crop"))
+            bodies[i] = body[s: s + window]
         return bodies
 
     def _assemble(self, bodies: list[bytes], names: list[str] | None, pad_free: bool) -> Batch:

@@ -4,11 +4,14 @@
 :class:`torch.utils.data.DataLoader`: it groups sequences of similar length so that
 the padded batch ``len(batch) * max(lengths in batch)`` never exceeds ``max_tokens``,
 reshuffles every epoch through :meth:`~TokenBudgetBatchSampler.set_epoch`, and
-splits the batches evenly over distributed ranks.
+deals the batches to distributed ranks so that every sequence is seen exactly once per
+epoch and every rank gets the same number of batches.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -49,26 +52,35 @@ class TokenBudgetBatchSampler:
     in that order, the same every epoch.
 
     Distributed (``num_replicas > 1``): every rank builds the same batch list (it depends
-    only on ``lengths``, ``seed`` and the epoch), then takes every ``num_replicas``-th
-    batch starting at ``rank``, so ranks get disjoint batches. To give every rank the same
-    number of batches (DDP hangs otherwise), when the batch count ``n`` is not a multiple
-    of ``num_replicas``:
+    only on ``lengths``, ``max_tokens``, ``max_batch_size``, ``seed``, the epoch and
+    ``num_replicas``), then takes every ``num_replicas``-th batch starting at ``rank``, so
+    ranks get disjoint batches. Every rank must get the same number of batches (DDP hangs
+    otherwise); when the batch count ``n`` is not a multiple of ``num_replicas``:
 
-    * ``drop_last=False`` (default): the list is padded by repeating batches from its
-      start (as :class:`~torch.utils.data.DistributedSampler` does); every index is
-      covered, and a few are seen twice in that epoch. Each rank gets
-      ``ceil(n / num_replicas)`` batches.
+    * ``drop_last=False`` (default): exact coverage. The batches with the most sequences
+      are split in two (each part is a subset of a batch, so within the budget) until the
+      count is the next multiple ``ceil(n / num_replicas) * num_replicas``; every index
+      is yielded exactly once per epoch across all ranks, nothing is repeated (unlike
+      :class:`~torch.utils.data.DistributedSampler`, whose padding duplicates samples and
+      skews distributed validation metrics). When the epoch's batches have too few
+      sequences to split that far, the epoch is packed again as one length-sorted pool
+      (the fewest batches the budget allows) and split from there. If even that cannot
+      reach a multiple of ``num_replicas`` (fewer sequences than ranks, or nearly every
+      sequence needing a batch of its own), construction raises :class:`ValueError`.
     * ``drop_last=True``: the last ``n % num_replicas`` batches are dropped; no index is
       repeated but those sequences are skipped this epoch (a different set every epoch
-      when shuffled). Each rank gets ``n // num_replicas`` batches.
+      when shuffled). Each rank gets ``n // num_replicas`` batches. Fewer batches than
+      ranks raises :class:`ValueError` at construction instead of giving every rank none.
 
     With a single replica ``drop_last`` changes nothing (no batch is ever dropped for
-    being small).
+    being small). An empty ``lengths`` gives no batches on any rank.
 
     Args:
         lengths: ``(N,)`` length of every sequence, as the collator will see it (add
             ``add_bos + add_eos``, clip to ``max_length`` when cropping); list, numpy
-            array or tensor of non-negative integers.
+            array or tensor of non-negative integers, or a dataset with a ``lengths``
+            attribute (a :class:`~seqpad.store.TokenizedDataset`: its stored lengths,
+            bos/eos included).
         max_tokens: budget on ``len(batch) * max(lengths in batch)``.
         shuffle: reshuffle batch composition and order every epoch.
         seed: non-negative int; the permutation of epoch ``e`` depends only on
@@ -102,9 +114,16 @@ class TokenBudgetBatchSampler:
         rank: int | None = None,
         pool_size: int = 128,
     ) -> None:
+        if not isinstance(lengths, (torch.Tensor, np.ndarray, list, tuple)) and hasattr(
+                lengths, "lengths"):
+            lengths = lengths.lengths  # a TokenizedDataset (or any dataset with lengths)
         if isinstance(lengths, torch.Tensor):
             lengths = lengths.detach().cpu().numpy()
         lens = np.asarray(lengths)
+        if lens.dtype.kind not in "iuf" and (lens.ndim != 1 or lens.size):
+            raise TypeError("lengths must be the length of every sequence (a list, array or "
+                            "tensor of ints) or a dataset with a .lengths attribute such as "
+                            f"TokenizedDataset, got {type(lengths).__name__}")
         if lens.ndim != 1:
             raise ValueError(f"lengths must be 1-D (N,), got shape {lens.shape}")
         if lens.size and not np.issubdtype(lens.dtype, np.integer) and not (
@@ -162,6 +181,39 @@ class TokenBudgetBatchSampler:
                 stacklevel=2,
             )
 
+        self._check_replicas()
+
+    def _check_replicas(self) -> None:
+        """Raise :class:`ValueError` when no epoch can give every rank the same number
+        of batches under the chosen ``drop_last`` (decided from the fewest batches the
+        budget allows: the unshuffled packing, which is optimal)."""
+        n, reps = len(self.lengths), self.num_replicas
+        if reps == 1 or n == 0:
+            return
+        fewest = len(self._pack(np.arange(n), n)) - 1
+        if self.drop_last:
+            if fewest < reps:
+                raise ValueError(
+                    f"drop_last=True with num_replicas={reps} but the {n} sequences make "
+                    f"only {fewest} batch(es) under max_tokens={self.max_tokens}: every "
+                    "rank would get no batch; use drop_last=False, a smaller max_tokens "
+                    "or max_batch_size, or fewer ranks")
+            return
+        if n < reps:
+            raise ValueError(
+                f"{n} sequence(s) cannot be shared by num_replicas={reps} ranks: every "
+                "rank needs at least one batch and each sequence is used exactly once; "
+                "use fewer ranks (or more data)")
+        need = math.ceil(fewest / reps) * reps
+        if need > n:
+            raise ValueError(
+                f"the {n} sequences cannot be dealt to num_replicas={reps} ranks with the "
+                f"same number of batches each and every sequence exactly once: under "
+                f"max_tokens={self.max_tokens} they need at least {fewest} batches and the "
+                f"next multiple of {reps} ({need}) exceeds the number of sequences; use "
+                "a larger max_tokens, a number of ranks dividing "
+                f"{fewest}, or drop_last=True")
+
     # ------------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle the next ``iter`` / ``len`` uses.
@@ -173,15 +225,39 @@ class TokenBudgetBatchSampler:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         self.epoch = int(epoch)
 
+    def _pack(self, perm: npt.NDArray[np.int64], pool: int,
+              order: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.int64]:
+        """Cut ``perm`` into pools of ``pool`` indices, sort each pool longest first
+        (stable) and cut it greedily into batches. Writes the sorted indices into
+        ``order`` when given; returns the batch starts, ``n`` appended."""
+        n = len(perm)
+        lens, take = self.lengths, self._take
+        starts: list[int] = []
+        for lo in range(0, n, pool):
+            chunk = perm[lo: lo + pool]
+            # Longest first; stable, so ties keep the (shuffled) order.
+            chunk = chunk[np.argsort(-lens[chunk], kind="stable")]
+            if order is not None:
+                order[lo: lo + len(chunk)] = chunk
+            sizes = take[chunk].tolist()
+            i, end = 0, len(chunk)
+            while i < end:
+                starts.append(lo + i)
+                i += sizes[i]
+        return np.array([*starts, n], dtype=np.int64)
+
     def _plan(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """All batches of the current epoch (every rank's), before the rank split.
 
         Returns ``(order, starts)``: batch ``k`` is ``order[starts[k]:starts[k + 1]]``.
+        With ``num_replicas > 1`` and ``drop_last=False`` the batch count is already a
+        multiple of ``num_replicas`` (batches split, see the class docstring).
         """
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1], self._cache[2]
         n = len(self.lengths)
         lens = self.lengths
+        reps = self.num_replicas
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
             perm = rng.permutation(n)
@@ -196,22 +272,18 @@ class TokenBudgetBatchSampler:
             perm = np.arange(n)
             pool = max(n, 1)
         order = np.empty(n, dtype=np.int64)
-        starts: list[int] = []
-        take = self._take
-        for lo in range(0, n, pool):
-            chunk = perm[lo: lo + pool]
-            # Longest first; stable, so ties keep the (shuffled) order.
-            chunk = chunk[np.argsort(-lens[chunk], kind="stable")]
-            order[lo: lo + len(chunk)] = chunk
-            sizes = take[chunk].tolist()
-            i, end = 0, len(chunk)
-            while i < end:
-                starts.append(lo + i)
-                i += sizes[i]
-        starts_arr = np.array([*starts, n], dtype=np.int64)
-        if rng is not None and len(starts) > 1:
+        starts_arr = self._pack(perm, pool, order)
+        if reps > 1 and not self.drop_last and n:
+            if math.ceil((len(starts_arr) - 1) / reps) * reps > n:
+                # too few sequences to split this packing far enough: pack the epoch's
+                # permutation as one pool (the fewest batches; feasible, checked at
+                # construction)
+                starts_arr = self._pack(perm, n, order)
+            starts_arr = _split_to_multiple(starts_arr, reps)
+        total = len(starts_arr) - 1
+        if rng is not None and total > 1:
             # Shuffle the batch order: rebuild order/starts in the permuted batch order.
-            k = rng.permutation(len(starts))
+            k = rng.permutation(total)
             sizes_arr = np.diff(starts_arr)[k]
             new_starts = np.concatenate([[0], np.cumsum(sizes_arr)])
             # Gather each batch's indices at its new position.
@@ -226,14 +298,8 @@ class TokenBudgetBatchSampler:
         _, starts = self._plan()
         total = len(starts) - 1
         reps = self.num_replicas
-        if self.drop_last:
-            ids = np.arange(total - total % reps)
-        else:
-            padded = math.ceil(total / reps) * reps
-            ids = np.arange(padded) % max(total, 1)
-            if total == 0:
-                ids = ids[:0]
-        return ids[self.rank:: reps]
+        # drop_last=False: total is a multiple of reps already (batches were split)
+        return np.arange(total - total % reps)[self.rank:: reps]
 
     def __iter__(self) -> Iterator[list[int]]:
         order, starts = self._plan()
@@ -241,10 +307,7 @@ class TokenBudgetBatchSampler:
             yield order[starts[k]: starts[k + 1]].tolist()
 
     def __len__(self) -> int:
-        total = len(self._plan()[1]) - 1
-        if self.drop_last:
-            return total // self.num_replicas
-        return math.ceil(total / self.num_replicas)
+        return (len(self._plan()[1]) - 1) // self.num_replicas
 
     def __repr__(self) -> str:
         return (
@@ -254,3 +317,29 @@ class TokenBudgetBatchSampler:
             f"num_replicas={self.num_replicas}, rank={self.rank}, "
             f"pool_size={self.pool_size}, epoch={self.epoch})"
         )
+
+
+def _split_to_multiple(starts: npt.NDArray[np.int64], reps: int) -> npt.NDArray[np.int64]:
+    """Split batches until their count is a multiple of ``reps``.
+
+    ``starts``: batch boundaries (``n`` appended). The batch with the most sequences
+    (earliest on ties) is halved, its first part taking the extra sequence, and both
+    halves return to the pool of candidates; each split adds one batch. A part of a
+    batch keeps within the budget: fewer sequences, no longer maximum. The caller
+    guarantees ``ceil(batches / reps) * reps <= n``, so a batch of two or more is always
+    left to split.
+    """
+    total = len(starts) - 1
+    extra = -total % reps
+    if not extra:
+        return starts
+    heap = [(-(e - b), b, e) for b, e in itertools.pairwise(starts.tolist())]
+    heapq.heapify(heap)
+    cuts: list[int] = []
+    for _ in range(extra):
+        size, b, e = heapq.heappop(heap)
+        mid = b + (-size + 1) // 2
+        cuts.append(mid)
+        heapq.heappush(heap, (-(mid - b), b, mid))
+        heapq.heappush(heap, (-(e - mid), mid, e))
+    return np.sort(np.concatenate([starts, np.array(cuts, dtype=np.int64)]))

@@ -274,7 +274,18 @@ class Tokenizer:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> Tokenizer:
-        """Rebuild a tokenizer from :meth:`to_dict` output (checks the vocabulary matches)."""
+        """Rebuild a tokenizer from :meth:`to_dict` output (checks the vocabulary matches,
+        and that a built-in alphabet's name goes with its own symbols)."""
+        name, symbols = config["alphabet"], config["symbols"]
+        if not isinstance(name, str) or not isinstance(symbols, str):
+            raise ValueError(f"alphabet name and symbols must be strings, got {name!r}, "
+                             f"{symbols!r}")
+        from seqpad.alphabet import BUILTIN_ALPHABETS  # here: the import list is shared
+
+        if name != "custom" and BUILTIN_ALPHABETS.get(name) != symbols:
+            raise ValueError(f"alphabet {name!r} does not match the stored symbols "
+                             f"{symbols!r} (a built-in name with its own symbols, or "
+                             "'custom')")
         alphabet = Alphabet(
             config["alphabet"], config["symbols"], bool(config.get("gaps", False)),
             bool(config.get("stop", False)), bool(config.get("case_sensitive", False)),

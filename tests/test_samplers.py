@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from seqpad.samplers import TokenBudgetBatchSampler
@@ -37,63 +37,9 @@ def epoch_batches(lengths, max_tokens, reps: int, epoch: int, **kw) -> list[list
     return out
 
 
-@settings(max_examples=120, deadline=None)
-@given(
-    lengths=st.lists(st.integers(0, 400), min_size=0, max_size=150),
-    max_tokens=st.integers(1, 1200),
-    reps=st.integers(1, 4),
-    shuffle=st.booleans(),
-    drop_last=st.booleans(),
-    max_batch_size=st.one_of(st.none(), st.integers(1, 12)),
-    seed=st.integers(0, 2**40),
-    epoch=st.integers(0, 1000),
-    pool_size=st.integers(1, 200),
-)
-def test_invariants(lengths, max_tokens, reps, shuffle, drop_last, max_batch_size, seed,
-                    epoch, pool_size):
-    lens = np.array(lengths, dtype=np.int64)
-    kw = dict(shuffle=shuffle, drop_last=drop_last, max_batch_size=max_batch_size, seed=seed,
-              pool_size=pool_size)
-    per_rank = epoch_batches(lengths, max_tokens, reps, epoch, **kw)
-    n = len(lengths)
-
-    # same number of batches on every rank; never an empty batch; budget and cap held
-    counts = {len(b) for b in per_rank}
-    assert len(counts) == 1
-    for batches in per_rank:
-        for b in batches:
-            assert b and all(isinstance(i, int) for i in b)
-            assert len(set(b)) == len(b)
-            if len(b) > 1:
-                assert len(b) * int(lens[b].max()) <= max_tokens
-            if max_batch_size is not None:
-                assert len(b) <= max_batch_size
-
-    # the batches of all ranks: disjoint except the DistributedSampler-style padding
-    all_batches = [b for batches in per_rank for b in batches]
-    flat = [i for b in all_batches for i in b]
-    distinct = {tuple(b) for b in all_batches}
-    if drop_last:
-        assert len(flat) == len(set(flat))  # no index repeated
-    else:
-        assert sorted(set(flat)) == list(range(n))  # every index covered
-        # repeats only by whole repeated batches (the padding), fewer than reps of them
-        assert len(all_batches) - len(distinct) < reps
-        seen = [i for b in distinct for i in b]
-        assert sorted(seen) == list(range(n))  # the distinct batches partition the data
-    # a single process sees exactly the whole data set
-    if reps == 1:
-        assert sorted(flat) == list(range(n))
-
-    # deterministic for (seed, epoch): a fresh sampler gives the same batches
-    assert epoch_batches(lengths, max_tokens, reps, epoch, **kw) == per_rank
-
-
-@settings(max_examples=40, deadline=None)
-@given(lengths=st.lists(st.integers(0, 400), min_size=0, max_size=200),
-       max_tokens=st.integers(1, 1500), max_batch_size=st.one_of(st.none(), st.integers(1, 9)))
-def test_unshuffled_matches_a_greedy_reference(lengths, max_tokens, max_batch_size):
-    """Independent greedy packing, one item at a time over the length-sorted order."""
+def greedy_reference(lengths, max_tokens, max_batch_size=None) -> list[list[int]]:
+    """Independent greedy packing, one item at a time over the length-sorted order (the
+    fewest batches the budget allows)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     ref: list[list[int]] = []
     for i in order:
@@ -104,6 +50,113 @@ def test_unshuffled_matches_a_greedy_reference(lengths, max_tokens, max_batch_si
             cur.append(i)
         else:
             ref.append([i])
+    return ref
+
+
+@settings(max_examples=250, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 400), min_size=0, max_size=120),
+    max_tokens=st.integers(1, 1200),
+    reps=st.integers(1, 8),
+    shuffle=st.booleans(),
+    drop_last=st.booleans(),
+    max_batch_size=st.one_of(st.none(), st.integers(1, 12)),
+    seed=st.integers(0, 2**40),
+    epoch=st.integers(0, 1000),
+    pool_size=st.integers(1, 200),
+)
+def test_invariants(lengths, max_tokens, reps, shuffle, drop_last, max_batch_size, seed,
+                    epoch, pool_size):
+    check_epoch(lengths, max_tokens, reps, shuffle, drop_last, max_batch_size, seed, epoch,
+                pool_size)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 300), min_size=8, max_size=150),
+    max_tokens=st.integers(100, 2000),
+    reps=st.integers(2, 8),
+    shuffle=st.booleans(),
+    max_batch_size=st.one_of(st.none(), st.integers(1, 12)),
+    seed=st.integers(0, 2**40),
+    epoch=st.integers(0, 1000),
+    pool_size=st.integers(1, 40),
+)
+def test_exact_distributed_coverage(lengths, max_tokens, reps, shuffle, max_batch_size, seed,
+                                    epoch, pool_size):
+    """drop_last=False over 2-8 ranks, sizes where splitting is usually needed."""
+    check_epoch(lengths, max_tokens, reps, shuffle, False, max_batch_size, seed, epoch,
+                pool_size)
+
+
+def check_epoch(lengths, max_tokens, reps, shuffle, drop_last, max_batch_size, seed, epoch,
+                pool_size) -> None:
+    """One epoch on every rank against the properties: an error exactly when no exact
+    deal exists; else equal batch counts, budget, no repeat, every index exactly once
+    (drop_last=False), minimal splits inside the one-process batches, determinism."""
+    lens = np.array(lengths, dtype=np.int64)
+    kw = dict(shuffle=shuffle, drop_last=drop_last, max_batch_size=max_batch_size, seed=seed,
+              pool_size=pool_size)
+    n = len(lengths)
+    fewest = len(greedy_reference(lengths, max_tokens, max_batch_size))
+    # when no partition can give every rank the same number of batches: a clear error
+    if reps > 1 and n:
+        exact_impossible = n < reps or math.ceil(fewest / reps) * reps > n
+        impossible = fewest < reps if drop_last else exact_impossible
+        if impossible:
+            event("impossible: ValueError")
+            with pytest.raises(ValueError, match=f"num_replicas={reps}"):
+                make(lengths, max_tokens, num_replicas=reps, rank=0, **kw)
+            return
+    per_rank = epoch_batches(lengths, max_tokens, reps, epoch, **kw)
+    single = make(lengths, max_tokens, **kw)  # one process: the batches before any split
+    single.set_epoch(epoch)
+    whole = list(single)
+    assert sorted(i for b in whole for i in b) == list(range(n))
+
+    # same number of batches on every rank; never an empty batch; budget and cap held
+    counts = {len(b) for b in per_rank}
+    assert len(counts) == 1
+    count = counts.pop()
+    for batches in per_rank:
+        for b in batches:
+            assert b and all(isinstance(i, int) for i in b)
+            assert len(set(b)) == len(b)
+            if len(b) > 1:
+                assert len(b) * int(lens[b].max()) <= max_tokens
+            if max_batch_size is not None:
+                assert len(b) <= max_batch_size
+
+    all_batches = [b for batches in per_rank for b in batches]
+    flat = [i for b in all_batches for i in b]
+    assert len(flat) == len(set(flat))  # no index ever repeated, drop_last or not
+    if drop_last or reps == 1:
+        assert count == len(whole) // reps
+        if n:
+            assert count >= 1
+        # ranks take whole batches of the one-process list: no split, the rest dropped
+        assert {tuple(b) for b in all_batches} <= {tuple(b) for b in whole}
+    else:
+        assert sorted(flat) == list(range(n))  # every index exactly once across ranks
+        if math.ceil(len(whole) / reps) * reps <= n:
+            # only as many splits as needed, each part inside one of the unsplit batches
+            event("split" if count * reps > len(whole) else "no split needed")
+            assert count == math.ceil(len(whole) / reps)
+            home = {i: k for k, b in enumerate(whole) for i in b}
+            assert all(len({home[i] for i in b}) == 1 for b in all_batches)
+        else:  # repacked as one pool: the fewest batches, then split
+            event("repacked")
+            assert count == math.ceil(fewest / reps)
+
+    # deterministic for (seed, epoch): fresh samplers give the same batches
+    assert epoch_batches(lengths, max_tokens, reps, epoch, **kw) == per_rank
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(0, 400), min_size=0, max_size=200),
+       max_tokens=st.integers(1, 1500), max_batch_size=st.one_of(st.none(), st.integers(1, 9)))
+def test_unshuffled_matches_a_greedy_reference(lengths, max_tokens, max_batch_size):
+    ref = greedy_reference(lengths, max_tokens, max_batch_size)
     s = make(lengths, max_tokens, shuffle=False, max_batch_size=max_batch_size)
     assert list(s) == ref
     s.set_epoch(5)
@@ -168,19 +221,89 @@ def test_over_budget_sequence_gets_its_own_batch_and_a_warning():
         TokenBudgetBatchSampler([10, 100], 100)  # exactly at the budget: no warning
 
 
-def test_distributed_padding_and_drop_last_documented_counts():
+def test_distributed_exact_coverage_and_drop_last_documented_counts():
     lengths = [100] * 10  # max_tokens 200 -> 5 batches of 2
+    full = list(make(lengths, 200))
     for reps in (1, 2, 3, 4, 7):
-        keep = [make(lengths, 200, num_replicas=reps, rank=r) for r in range(reps)]
         drop = [make(lengths, 200, num_replicas=reps, rank=r, drop_last=True)
-                for r in range(reps)]
-        assert all(len(s) == math.ceil(5 / reps) for s in keep)
+                for r in range(reps)] if reps <= 5 else []
         assert all(len(s) == 5 // reps for s in drop)
-        padded = [b for s in keep for b in s]
-        # the padding repeats batches from the start of the epoch's batch list
-        full = list(make(lengths, 200))
-        assert sorted(map(tuple, padded)) == sorted(
-            map(tuple, [full[k % 5] for k in range(math.ceil(5 / reps) * reps)]))
+        if reps > 5:
+            with pytest.raises(ValueError, match="drop_last=True with num_replicas=7 but"):
+                make(lengths, 200, num_replicas=reps, rank=0, drop_last=True)
+        keep = [make(lengths, 200, num_replicas=reps, rank=r) for r in range(reps)]
+        per = math.ceil(5 / reps) if reps <= 5 else 1
+        assert all(len(s) == per for s in keep)
+        got = [b for s in keep for b in s]
+        # every sequence exactly once: the extra batches come from splitting, not repeats
+        assert sorted(i for b in got for i in b) == list(range(10))
+        assert len(got) == per * reps
+        unsplit = {tuple(b) for b in full}
+        assert sum(tuple(b) not in unsplit for b in got) == 2 * (per * reps - 5) or reps == 7
+
+
+def test_distributed_old_padding_would_repeat_a_batch():
+    """The case of the issue: 3 batches over 2 ranks gave rank 1 a repeat of batch 0."""
+    lengths = [50] * 12  # 3 batches of 4 at max_tokens=200
+    ranks = [list(make(lengths, 200, num_replicas=2, rank=r, shuffle=False)) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [2, 2]
+    flat = sorted(i for r in ranks for b in r for i in b)
+    assert flat == list(range(12))
+
+
+def test_fewer_sequences_than_ranks_raises():
+    with pytest.raises(ValueError, match=r"^3 sequence\(s\) cannot be shared by "
+                       r"num_replicas=4 ranks"):
+        TokenBudgetBatchSampler([5, 6, 7], 100, num_replicas=4, rank=0)
+    # every sequence needs a batch of its own: 5 batches cannot be dealt to 3 ranks evenly
+    with pytest.raises(ValueError, match=r"need at least 5 batches and the next multiple "
+                       r"of 3 \(6\) exceeds"):
+        TokenBudgetBatchSampler([100] * 5, 100, num_replicas=3, rank=0)
+    assert list(make([], 100, num_replicas=4, rank=3)) == []  # nothing to share: no batch
+
+
+def test_repacks_when_the_shuffled_pools_leave_too_few_to_split():
+    # mean length 69 > max_tokens / 2: pools of one sequence, 7 batches of one; splitting
+    # cannot make 8 (2 ranks) or 9 (3 ranks) of 7 sequences. Packed as one pool: the five
+    # 95s alone and [5, 5] together, 6 batches, a multiple of 2 and 3.
+    lengths = [95, 95, 5, 95, 95, 5, 95]
+    single = make(lengths, 100, pool_size=1)
+    assert len(single) == 7  # the ordinary shuffled packing
+    for reps in (2, 3):
+        for epoch in range(4):
+            per_rank = epoch_batches(lengths, 100, reps, epoch, pool_size=1)
+            assert [len(r) for r in per_rank] == [6 // reps] * reps
+            batches = [b for r in per_rank for b in r]
+            assert sorted(i for b in batches for i in b) == list(range(7))
+            assert [2, 5] in batches or [5, 2] in batches
+
+
+def test_accepts_a_dataset_with_lengths():
+    class DS:
+        lengths = np.array([5, 3, 8, 2, 7])
+
+        def __len__(self) -> int:
+            return 5
+
+    assert list(make(DS(), 16, shuffle=False)) == [[2, 4], [0, 1, 3]]
+    with pytest.raises(TypeError, match=r"^lengths must be the length of every sequence .* "
+                       r"or a dataset with a \.lengths attribute such as TokenizedDataset, "
+                       r"got list$"):
+        TokenBudgetBatchSampler(["MKV", "MK"], 16)
+    with pytest.raises(TypeError, match=r"got object$"):
+        TokenBudgetBatchSampler(object(), 16)
+
+
+def test_accepts_a_tokenized_dataset(tmp_path):
+    from seqpad import TokenizedDataset, Tokenizer, write_store
+
+    seqs = ["MKV", "MKVLA", "M", "MKVLAGG", "MK"]
+    write_store(tmp_path / "s.store", [(f"r{i}", q) for i, q in enumerate(seqs)],
+                Tokenizer("protein"), add_eos=True)
+    ds = TokenizedDataset(tmp_path / "s.store")
+    lengths = [len(q) + 1 for q in seqs]
+    for kw in (dict(shuffle=False), dict(seed=3), dict(seed=3, num_replicas=2, rank=1)):
+        assert list(make(ds, 12, **kw)) == list(make(lengths, 12, **kw))
 
 
 def test_defaults_from_torch_distributed(monkeypatch):
@@ -191,7 +314,7 @@ def test_defaults_from_torch_distributed(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 4)
     monkeypatch.setattr(dist, "get_rank", lambda group=None: 2)
-    s = make([1, 2, 3], 10)
+    s = make([1, 2, 3, 4, 5], 10)
     assert (s.num_replicas, s.rank) == (4, 2)
     assert make([1, 2, 3], 10, num_replicas=2, rank=1).num_replicas == 2
 

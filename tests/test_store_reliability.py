@@ -156,7 +156,8 @@ def test_an_unreadable_array_is_a_store_error_naming_it(store: Path, name: str,
 
 
 # ------------------------------------------------------------ damaged tokenizer
-@pytest.mark.parametrize("damage", ["vocab", "null", "missing_key"])
+@pytest.mark.parametrize("damage", ["vocab", "null", "missing_key", "policy", "duplicate",
+                                    "alphabet_name", "unknown_name"])
 def test_a_damaged_tokenizer_section_is_caught_at_open(store: Path, damage: str) -> None:
     meta_path = store / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -164,6 +165,16 @@ def test_a_damaged_tokenizer_section_is_caught_at_open(store: Path, damage: str)
         meta["tokenizer"]["vocab"][7] = "Z"
     elif damage == "null":
         meta["tokenizer"] = None
+    elif damage == "policy":
+        meta["tokenizer"]["unknown"] = "ignore"
+    elif damage == "duplicate":
+        t = meta["tokenizer"]
+        t["symbols"] = t["symbols"][:-1] + t["symbols"][0]
+        t["vocab"] = [*t["vocab"][:-1], t["symbols"][0]]
+    elif damage == "alphabet_name":  # protein symbols called dna
+        meta["tokenizer"]["alphabet"] = "dna" if meta["tokenizer"]["alphabet"] != "dna" else "rna"
+    elif damage == "unknown_name":
+        meta["tokenizer"]["alphabet"] = "proteins"
     else:
         del meta["tokenizer"]["symbols"]
     meta_path.write_text(json.dumps(meta))

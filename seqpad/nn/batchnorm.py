@@ -66,6 +66,11 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         self._check_input_dim(x)
+        # nn.BatchNorm1d's message (from its own size check) when C does not match
+        stat = "running_mean" if self.track_running_stats else "weight" if self.affine else None
+        if stat is not None and x.shape[1] != self.num_features:
+            raise RuntimeError(f"{stat} should contain {x.shape[1]} elements not "
+                               f"{self.num_features}")
         group = self._process_group()
         if mask is None and group is None:
             return super().forward(x)

@@ -139,6 +139,29 @@ def masked_conv1d(
 
 
 # ------------------------------------------------------------------- embedding
+def _check_token_ids(ids: Tensor, num_embeddings: int) -> None:
+    """Raise when an id of ``ids`` lies outside ``[0, num_embeddings)``.
+
+    On CPU (eager) an :class:`IndexError` names the offending id, its position and the
+    vocabulary size; on other devices, and while compiling, ``torch._assert_async`` checks
+    without a host sync (a CUDA device-side assert carrying the same message).
+    """
+    rest = (f"is outside [0, {num_embeddings}), the embedding's num_embeddings "
+            "(Tokenizer.vocab_size): the ids come from a tokenizer with a larger "
+            "vocabulary, or num_embeddings is too small")
+    if ids.numel() == 0:
+        return
+    lo, hi = torch.aminmax(ids)  # one pass, no boolean temporaries
+    if ids.device.type != "cpu" or torch.compiler.is_compiling():
+        torch._assert_async((lo >= 0) & (hi < num_embeddings), f"a token id {rest}")
+        return
+    if int(lo) < 0 or int(hi) >= num_embeddings:
+        bad = (ids < 0) | (ids >= num_embeddings)
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise IndexError(f"token id {int(ids[where])} at position {where} of ids of shape "
+                         f"{tuple(ids.shape)} {rest}")
+
+
 def masked_embedding(
     ids: Tensor,
     weight: Tensor,
@@ -168,6 +191,7 @@ def masked_embedding(
         ids = ids.masked_fill(~m.squeeze(1), padding_idx if padding_idx is not None else 0)
     elif padding_idx is not None:
         mask = ids != padding_idx
+    _check_token_ids(ids, weight.shape[0])
     out = F.embedding(ids, weight, padding_idx=padding_idx).transpose(1, 2)
     return masked_fill_padding(out, mask)
 

@@ -11,7 +11,8 @@ sequence's true end. Two exact ways to get there:
   hidden states are read at each sequence's last real step. Inter-layer dropout draws
   one number per real token, so it does not depend on the padding either.
 * **packed sequences** (``pack_padded_sequence(enforce_sorted=False)``), used for
-  ``MaskedLSTM(..., return_state=True)``, whose cell state ``c_n`` at the true end is
+  ``MaskedLSTM.forward(x, mask, return_state=True)`` (a ``forward()`` keyword, not a
+  constructor argument), whose cell state ``c_n`` at the true end is
   not visible in the outputs. Packed RNNs are much slower in PyTorch (per-step kernels
   on CUDA; a backward pass quadratic in L on CPU, pytorch/pytorch#149194), hence not the
   default.
@@ -347,7 +348,8 @@ class MaskedLSTM(nn.LSTM):
     """``nn.LSTM`` over ``(B, C, L)`` blocks; each sequence is run to its true length only.
 
     Both directions see exactly the real tokens (the reverse one starts at each true end);
-    see the module docstring for how. ``return_state=True`` packs the batch (slower).
+    see the module docstring for how. ``lstm(x, mask, return_state=True)`` (a
+    ``forward()`` keyword) also returns ``(h_n, c_n)``; it packs the batch (slower).
 
     Parameters and ``state_dict`` keys are exactly ``nn.LSTM``'s (``weight_ih_l0``,
     ``weight_hh_l0``, ``bias_ih_l0``, ..., ``_reverse`` for the backward direction), so

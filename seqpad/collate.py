@@ -301,7 +301,7 @@ class Collator:
             if self.tokenizer.unknown != "unk":
                 self._raise_unknown(texts, where, names)
             # Non-ASCII characters are never symbols: one unk per character, as encode().
-            codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+            codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
             raw = np.minimum(codes, 255).astype(np.uint8).tobytes()
         ids = raw.translate(self._table)
         if b"\xff" in ids:

@@ -222,7 +222,7 @@ class Tokenizer:
                 if self.unknown == "unk":
                     # Non-ASCII characters are never symbols: clamp them onto byte 255,
                     # which the table maps to unk, keeping one id per character.
-                    codes = np.frombuffer(seq.encode("utf-32-le"), dtype=np.uint32)
+                    codes = np.frombuffer(seq.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
                     return np.minimum(codes, 255).astype(np.uint8).tobytes()
                 # Report the first bad symbol: an earlier ASCII one wins.
                 prefix = seq[: e.start].encode("ascii")

@@ -33,7 +33,8 @@ __all__ = ["MAX_K", "encode_kmers", "kmer_tokens", "nucleotide_table"]
 
 #: The largest supported ``k``: ``4**8 = 65536`` k-mers (ids then need ``uint32``).
 MAX_K = 8
-_BAD = 4  # nucleotide code of any symbol that is not A, C, G, T/U
+_OTHER = 4  # nucleotide code of a symbol of the alphabet that is not A, C, G, T/U
+_UNKNOWN = 5  # ... and of a byte outside the alphabet
 
 
 def kmer_tokens(bases: str, k: int) -> list[str]:
@@ -41,19 +42,24 @@ def kmer_tokens(bases: str, k: int) -> list[str]:
     return ["".join(p) for p in itertools.product(bases, repeat=k)]
 
 
-def nucleotide_table(bases: str, case_sensitive: bool) -> npt.NDArray[np.uint8]:
-    """The 256-entry byte -> code table: ``bases[i]`` -> ``i``, anything else -> 4."""
-    table = np.full(256, _BAD, dtype=np.uint8)
-    for i, b in enumerate(bases):
-        table[ord(b)] = i
-        if not case_sensitive:
-            table[ord(b.lower())] = i
-    return table
+def nucleotide_table(bases: str, others: str, case_sensitive: bool) -> bytes:
+    """The 256-byte ``bytes.translate`` table giving each byte its nucleotide code:
+    ``bases[i]`` -> ``i`` (0-3), any other symbol of the alphabet (``others``) -> 4, a byte
+    outside the alphabet -> 5 (codes 4 and 5 both have bit 2 set: "not a base")."""
+    table = bytearray([_UNKNOWN] * 256)
+    for symbols, code in ((others, _OTHER), *((b, i) for i, b in enumerate(bases))):
+        for c in symbols:
+            table[ord(c)] = code
+            if not case_sensitive:
+                table[ord(c.lower())] = code
+                table[ord(c.upper())] = code
+    return bytes(table)
 
 
 def encode_kmers(
-    singles: npt.NDArray[np.integer],
     codes: npt.NDArray[np.uint8],
+    symbols: npt.NDArray[np.uint8],
+    single_table: npt.NDArray[np.unsignedinteger],
     lengths: npt.NDArray[np.int64],
     k: int,
     stride: int,
@@ -63,8 +69,10 @@ def encode_kmers(
     """Encode several joined sequences into k-mer tokens (rule in the module docstring).
 
     Args:
-        singles: ``(N,)`` single-symbol id of every symbol of every sequence, joined.
-        codes: ``(N,)`` nucleotide code (0-3, or 4 for any other symbol) of each symbol.
+        codes: ``(N,)`` nucleotide code of every symbol (:func:`nucleotide_table`).
+        symbols: ``(N,)`` the symbols' bytes.
+        single_table: 256-entry byte -> single-symbol id table (unknown bytes -> unk,
+            or anything when the caller has already refused them).
         lengths: ``(R,)`` int64 symbols per sequence (sum ``N``).
         k / stride: window size and step.
         kmer_base: id of the k-mer ``A...A``.
@@ -77,67 +85,87 @@ def encode_kmers(
     n_total = int(codes.size)
     lengths = np.asarray(lengths, dtype=np.int64)
     n_rec = int(lengths.size)
-    starts = np.zeros(n_rec, dtype=np.int64)
-    if n_rec > 1:
-        np.cumsum(lengths[:-1], out=starts[1:])
-    n_win = np.where(lengths >= k, (lengths - k) // stride + 1, 0)
-    total_win = int(n_win.sum())
     if n_rec == 0:
         return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
+    starts = np.zeros(n_rec, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    n_win = np.where(lengths >= k, (lengths - k) // stride + 1, 0)
+    total_win = int(n_win.sum())
     win_first = np.zeros(n_rec, dtype=np.int64)
     np.cumsum(n_win[:-1], out=win_first[1:])
-    # k-mer value at every position (rolling, over contiguous slices), then the windows
-    if total_win:
+    # window starts: record start + j * stride
+    rec_of_win = np.repeat(np.arange(n_rec), n_win)
+    p = np.arange(total_win, dtype=np.int64)
+    p -= win_first[rec_of_win]
+    p *= stride
+    p += starts[rec_of_win]
+    # k-mer value and "holds a non-base" flag of each window
+    if stride * 4 <= k and total_win:  # dense windows: rolling over contiguous slices
         m = n_total - k + 1
-        clean = np.minimum(codes, 3).astype(np.uint32)
-        value = clean[:m].copy()
+        rolled = codes[:m].astype(np.uint32)
+        flags = codes[:m].copy()
         for j in range(1, k):
+            rolled <<= 2
+            rolled |= codes[j: j + m] & 3
+            flags |= codes[j: j + m]
+        value = rolled[p]
+        flag = flags[p]
+    else:  # sparse windows: gather each of the k columns
+        value = np.zeros(total_win, dtype=np.uint32)
+        flag = np.zeros(total_win, dtype=np.uint8)
+        for j in range(k):
+            col = codes[p + j] if j else codes[p]
             value <<= 2
-            value |= clean[j: j + m]
-        bad_before = np.zeros(n_total + 1, dtype=np.int32)
-        np.cumsum(codes == _BAD, out=bad_before[1:])
-        rec_of_win = np.repeat(np.arange(n_rec), n_win)
-        p = starts[rec_of_win] + (np.arange(total_win) - win_first[rec_of_win]) * stride
-        good = bad_before[p + k] == bad_before[p]
-        kmer_ids = value[p] + kmer_base
-    else:
-        p = np.zeros(0, dtype=np.int64)
-        good = np.zeros(0, dtype=bool)
-        kmer_ids = np.zeros(0, dtype=np.uint32)
-        rec_of_win = p
+            value |= col & 3
+            flag |= col
+    good = (flag & 4) == 0
+    all_good = bool(good.all())
     # where each sequence's tail starts: the furthest point a token reached
-    cover = np.where(good, p + k, p + stride) if total_win else p
     tail_start = starts.copy()
+    has = n_win > 0
     if total_win:
-        np.maximum.at(tail_start, rec_of_win, cover)
-    ends = starts + lengths
-    tail_len = ends - tail_start
-    if total_win == int(good.sum()) and not tail_len.any():
-        return kmer_ids.astype(dtype), n_win.astype(np.int64)  # every window a clean k-mer
-    # general case: events = each record's windows, then its tail
+        if stride == k or all_good:  # the last window reaches furthest
+            last = win_first[has] + n_win[has] - 1
+            tail_start[has] = p[last] + k
+        else:
+            cover = np.where(good, p + k, p + stride)
+            tail_start[has] = np.maximum.reduceat(cover, win_first[has])
+    tail_len = starts + lengths - tail_start
+    kmer_ids = value.astype(dtype, copy=False)
+    kmer_ids += dtype(kmer_base)
+    if all_good and not tail_len.any():
+        return kmer_ids, n_win.astype(np.int64)  # every window a clean k-mer
+    # slots: each record's windows, then its tail; tokens per slot
     n_ev = total_win + n_rec
     ev_first = np.zeros(n_rec, dtype=np.int64)
     np.cumsum(n_win[:-1] + 1, out=ev_first[1:])
-    # window w of record r goes to slot ev_first[r] + (w - win_first[r])
-    win_slot = (ev_first[rec_of_win] + np.arange(total_win) - win_first[rec_of_win]
-                if total_win else np.zeros(0, dtype=np.int64))
+    win_slot = np.arange(total_win, dtype=np.int64)
+    win_slot += (ev_first - win_first)[rec_of_win]
     tail_slot = ev_first + n_win
-    is_kmer = np.zeros(n_ev, dtype=bool)
-    src = np.zeros(n_ev, dtype=np.int64)
-    count = np.zeros(n_ev, dtype=np.int64)
-    kid = np.zeros(n_ev, dtype=np.int64)
-    is_kmer[win_slot] = good
-    src[win_slot] = p
-    count[win_slot] = np.where(good, 1, stride)
-    kid[win_slot] = kmer_ids
-    src[tail_slot] = tail_start
+    count = np.ones(n_ev, dtype=np.int64)
+    if not all_good:
+        count[win_slot[~good]] = stride
     count[tail_slot] = tail_len
     out_start = np.zeros(n_ev, dtype=np.int64)
     np.cumsum(count[:-1], out=out_start[1:])
-    total = int(count.sum())
-    ev = np.repeat(np.arange(n_ev), count)
-    within = np.arange(total, dtype=np.int64) - out_start[ev]
-    single_at = np.minimum(src[ev] + within, max(n_total - 1, 0))
-    out = np.where(is_kmer[ev], kid[ev], singles[single_at]).astype(dtype)
+    total = int(out_start[-1] + count[-1])
+    out = np.empty(total, dtype=dtype)
+    out[out_start[win_slot[good]] if not all_good else out_start[win_slot]] = \
+        kmer_ids[good] if not all_good else kmer_ids
+    # single-symbol tokens: bad windows' first ``stride`` symbols, and the tails
+    if all_good:
+        s_src, s_cnt, s_out = tail_start, tail_len, out_start[tail_slot]
+    else:
+        bad = ~good
+        s_src = np.concatenate([p[bad], tail_start])
+        s_cnt = np.concatenate([np.full(int(bad.sum()), stride, dtype=np.int64), tail_len])
+        s_out = np.concatenate([out_start[win_slot[bad]], out_start[tail_slot]])
+    n_single = int(s_cnt.sum())
+    if n_single:
+        first = np.zeros(s_cnt.size, dtype=np.int64)
+        np.cumsum(s_cnt[:-1], out=first[1:])
+        which = np.repeat(np.arange(s_cnt.size), s_cnt)
+        within = np.arange(n_single, dtype=np.int64) - first[which]
+        out[s_out[which] + within] = single_table[symbols[s_src[which] + within]]
     tok_lens = np.add.reduceat(count, ev_first)
     return out, tok_lens.astype(np.int64)

@@ -261,7 +261,9 @@ class Tokenizer:
         if k > 1:
             self._kmer_base = len(vocab) - 4 ** k
             special[self._kmer_base:] = False
-            self._nuc = nucleotide_table(bases or "ACGT", cs)
+            bases = bases or "ACGT"
+            others = "".join(c for c in alpha.all_symbols if c.upper() not in bases)
+            self._nuc = nucleotide_table(bases, others, cs)
         self._special = special
         self._special_ids = tuple(int(i) for i in np.flatnonzero(special))
         self._residue = residue
@@ -352,13 +354,16 @@ class Tokenizer:
                 symbol outside the alphabet (1-based position, record when given).
         """
         raw = self._as_bytes(seq, record)
-        codes = np.frombuffer(raw, dtype=np.uint8)
-        body = self._encode_lut[codes]
-        if self.unknown != "unk":
-            self._check(body, raw, record)
         if self._k > 1:
-            body, _ = encode_kmers(body, self._nuc[codes], np.array([len(codes)]), self._k,
-                                   self._stride, self._kmer_base, self._dtype)
+            encoded = self._encode_joined(raw, np.array([len(raw)], dtype=np.int64))
+            if encoded is None:  # a symbol outside the alphabet: say which
+                self._check(self._encode_lut[np.frombuffer(raw, dtype=np.uint8)], raw, record)
+            assert encoded is not None
+            body = encoded[0]
+        else:
+            body = self._encode_lut[np.frombuffer(raw, dtype=np.uint8)]
+            if self.unknown != "unk":
+                self._check(body, raw, record)
         if not (add_bos or add_eos):
             return body
         bos, eos = self._bos_eos(add_bos, add_eos)
@@ -399,14 +404,17 @@ class Tokenizer:
         """Ids of several sequences joined (``raw``, ``lengths`` symbols each) and their
         token counts; ``None`` when a symbol is outside the alphabet under
         ``unknown="error"`` / ``"skip"`` (callers encode record by record to report it)."""
-        codes = np.frombuffer(raw, dtype=np.uint8)
-        ids = self._encode_lut[codes]
-        if self.unknown != "unk" and (ids == self._invalid).any():
-            return None
         if self._k == 1:
+            ids = self._encode_lut[np.frombuffer(raw, dtype=np.uint8)]
+            if self.unknown != "unk" and (ids == self._invalid).any():
+                return None
             return ids, np.asarray(lengths, dtype=np.int64)
-        return encode_kmers(ids, self._nuc[codes], lengths, self._k, self._stride,
-                            self._kmer_base, self._dtype)
+        nuc = bytes(raw).translate(self._nuc)  # one C pass: byte -> nucleotide code
+        if self.unknown != "unk" and b"\x05" in nuc:  # a byte outside the alphabet
+            return None
+        return encode_kmers(np.frombuffer(nuc, dtype=np.uint8),
+                            np.frombuffer(raw, dtype=np.uint8), self._encode_lut, lengths,
+                            self._k, self._stride, self._kmer_base, self._dtype)
 
     def _as_bytes(self, seq: str | bytes | bytearray | memoryview,
                   record: str | None) -> bytes | bytearray | memoryview:

@@ -94,11 +94,8 @@ def encode_kmers(
     win_first = np.zeros(n_rec, dtype=np.int64)
     np.cumsum(n_win[:-1], out=win_first[1:])
     # window starts: record start + j * stride
-    rec_of_win = np.repeat(np.arange(n_rec), n_win)
-    p = np.arange(total_win, dtype=np.int64)
-    p -= win_first[rec_of_win]
-    p *= stride
-    p += starts[rec_of_win]
+    p = np.arange(0, total_win * stride, stride, dtype=np.int64)
+    p += np.repeat(starts - win_first * stride, n_win)
     # k-mer value and "holds a non-base" flag of each window
     if stride * 4 <= k and total_win:  # dense windows: rolling over contiguous slices
         m = n_total - k + 1
@@ -135,37 +132,51 @@ def encode_kmers(
     kmer_ids += dtype(kmer_base)
     if all_good and not tail_len.any():
         return kmer_ids, n_win.astype(np.int64)  # every window a clean k-mer
+    if all_good:  # each record: its k-mers, then its tail
+        tok_lens = n_win + tail_len
+        rec_out = np.zeros(n_rec, dtype=np.int64)
+        np.cumsum(tok_lens[:-1], out=rec_out[1:])
+        out = np.empty(int(rec_out[-1] + tok_lens[-1]), dtype=dtype)
+        at = np.arange(total_win, dtype=np.int64)
+        at += np.repeat(rec_out - win_first, n_win)
+        out[at] = kmer_ids
+        _put_singles(out, rec_out + n_win, tail_start, tail_len, symbols, single_table)
+        return out, tok_lens
     # slots: each record's windows, then its tail; tokens per slot
     n_ev = total_win + n_rec
     ev_first = np.zeros(n_rec, dtype=np.int64)
     np.cumsum(n_win[:-1] + 1, out=ev_first[1:])
     win_slot = np.arange(total_win, dtype=np.int64)
-    win_slot += (ev_first - win_first)[rec_of_win]
+    win_slot += np.repeat(ev_first - win_first, n_win)
     tail_slot = ev_first + n_win
     count = np.ones(n_ev, dtype=np.int64)
-    if not all_good:
-        count[win_slot[~good]] = stride
+    count[win_slot[~good]] = stride
     count[tail_slot] = tail_len
     out_start = np.zeros(n_ev, dtype=np.int64)
     np.cumsum(count[:-1], out=out_start[1:])
     total = int(out_start[-1] + count[-1])
     out = np.empty(total, dtype=dtype)
-    out[out_start[win_slot[good]] if not all_good else out_start[win_slot]] = \
-        kmer_ids[good] if not all_good else kmer_ids
+    out[out_start[win_slot[good]]] = kmer_ids[good]
     # single-symbol tokens: bad windows' first ``stride`` symbols, and the tails
-    if all_good:
-        s_src, s_cnt, s_out = tail_start, tail_len, out_start[tail_slot]
-    else:
-        bad = ~good
-        s_src = np.concatenate([p[bad], tail_start])
-        s_cnt = np.concatenate([np.full(int(bad.sum()), stride, dtype=np.int64), tail_len])
-        s_out = np.concatenate([out_start[win_slot[bad]], out_start[tail_slot]])
-    n_single = int(s_cnt.sum())
-    if n_single:
-        first = np.zeros(s_cnt.size, dtype=np.int64)
-        np.cumsum(s_cnt[:-1], out=first[1:])
-        which = np.repeat(np.arange(s_cnt.size), s_cnt)
-        within = np.arange(n_single, dtype=np.int64) - first[which]
-        out[s_out[which] + within] = single_table[symbols[s_src[which] + within]]
+    bad = ~good
+    _put_singles(out, np.concatenate([out_start[win_slot[bad]], out_start[tail_slot]]),
+                 np.concatenate([p[bad], tail_start]),
+                 np.concatenate([np.full(int(bad.sum()), stride, dtype=np.int64), tail_len]),
+                 symbols, single_table)
     tok_lens = np.add.reduceat(count, ev_first)
     return out, tok_lens.astype(np.int64)
+
+
+def _put_singles(out: npt.NDArray[np.unsignedinteger], at: npt.NDArray[np.int64],
+                 src: npt.NDArray[np.int64], count: npt.NDArray[np.int64],
+                 symbols: npt.NDArray[np.uint8],
+                 single_table: npt.NDArray[np.unsignedinteger]) -> None:
+    """``out[at[i] + j] = single id of symbols[src[i] + j]`` for ``j < count[i]``."""
+    n_single = int(count.sum())
+    if not n_single:
+        return
+    first = np.zeros(count.size, dtype=np.int64)
+    np.cumsum(count[:-1], out=first[1:])
+    which = np.repeat(np.arange(count.size), count)
+    within = np.arange(n_single, dtype=np.int64) - first[which]
+    out[at[which] + within] = single_table[symbols[src[which] + within]]

@@ -81,14 +81,18 @@ class Collator:
 
     * a sequence: ``str`` (or ASCII ``bytes``) of residues;
     * token ids: a 1-D integer numpy array or tensor, e.g. ``TokenizedDataset[i]``
-      (uint8 memmap view), used as they are;
+      (memmap view, ``tokenizer.ids_dtype``: uint8, or uint16 / uint32 for k-mers),
+      used as they are;
     * a ``(name, sequence)`` or ``(name, ids)`` pair, e.g. ``TokenizedDataset`` items with
       ``with_names=True``; then ``Batch.names`` holds the names (all items of a batch must
       be named, or none).
 
     Strings of a batch are joined and encoded in one pass through the tokenizer's
     lookup table; rows are assembled as bytes and converted to tensors once, so the cost
-    per residue is a few byte copies and there is no Python work per residue.
+    per residue is a few byte copies and there is no Python work per residue. Tokenizers
+    that are not one byte per symbol (k-mers, ids wider than uint8) take a numpy path:
+    the batch is encoded at once and rows are filled into a ``(B, L)`` array; crops then
+    cut tokens (k-mers), and ``pad_id`` may be any id (ESM-2's is 1).
 
     Args:
         tokenizer: gives ``pad_id``, ``bos_id``, ``eos_id``, ``vocab_size`` and the byte

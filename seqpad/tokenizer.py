@@ -499,6 +499,11 @@ class Tokenizer:
                 unknown=config.get("unknown", "error"),
                 case_sensitive=bool(config.get("case_sensitive", False)),
                 name=str(config.get("name", "custom")))
+            from seqpad.vocabularies import PRETRAINED_VOCABS  # here: it imports this module
+
+            known = PRETRAINED_VOCABS.get(tok.alphabet.name)
+            if known is not None and tuple(tok.vocab) != tuple(known["tokens"]):  # type: ignore[arg-type]
+                raise ValueError(f"stored vocabulary is not the {tok.alphabet.name!r} one")
             return tok
         if config.get("kind", "alphabet") != "alphabet":
             raise ValueError(f"unknown tokenizer kind {config.get('kind')!r}")

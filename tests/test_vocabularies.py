@@ -155,3 +155,20 @@ def test_cli_vocab_esm2(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["tokenize", str(src), "-o", str(tmp_path / "t"),
                                    "--vocab", "esm2", "--alphabet", "protein"])
     assert res.exit_code == 2 and "exactly one" in res.output
+
+
+def test_damaged_vocab_section_is_refused(tmp_path: Path) -> None:
+    from seqpad.store import StoreError
+
+    write_store(tmp_path / "s", [("a", "MKV")], pretrained_tokenizer("esm2"))
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["tokenizer"]["kind"] == "vocab" and meta["tokenizer"]["pad"] == 1
+    meta["tokenizer"]["vocab"][5] = "J"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="esm2"):
+        TokenizedDataset(tmp_path / "s")
+    meta["tokenizer"] = {**meta["tokenizer"], "vocab": ["<pad>", "<unk>", "<pad>"]}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="tokenizer"):
+        TokenizedDataset(tmp_path / "s")

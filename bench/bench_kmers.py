@@ -5,7 +5,9 @@ Side by side in one run, interleaved repeats, medians; ratios are K=k time / K=1
 1. **store write** -- ``write_store(out, read_fasta(FILE), Tokenizer("dna", k=K))`` with
    ``jobs=1`` (parse, encode, write ``ids.npy``): what ``seqpad tokenize --kmer K`` does.
 2. **in-memory encode** -- ``Tokenizer.encode_batch`` over the same records held as
-   strings, and ``Tokenizer.encode`` one record at a time.
+   strings, in batches of about 1 M residues (the batch size ``write_store`` encodes at
+   once; the Collator's batches are smaller), and ``Tokenizer.encode`` one record at a
+   time.
 
 Input: a synthetic DNA FASTA (uniform ACGT with runs of ``N`` about every 20 kb, records
 of 200 b to 20 kb, 60 columns), written to bench/_work/. Target (issue 11): K=6 within 2x
@@ -75,6 +77,14 @@ def main() -> None:
     path, recs = make_fasta(mb)
     seqs = [s for _, s in recs]
     residues = sum(map(len, seqs))
+    chunks: list[list[str]] = [[]]  # batches of about 1 M residues, as write_store uses
+    size = 0
+    for x in seqs:
+        chunks[-1].append(x)
+        size += len(x)
+        if size >= 1 << 20:
+            chunks.append([])
+            size = 0
     toks = {label: Tokenizer("dna", k=k, stride=s) for label, k, s in CONFIGS}
     out = WORK / "kmers.store"
     times: dict[tuple[str, str], list[float]] = {}
@@ -84,7 +94,8 @@ def main() -> None:
                 write_store(out, read_fasta(path), tok, overwrite=True, jobs=1)
 
             def batch(tok: Tokenizer = tok) -> None:
-                tok.encode_batch(seqs)
+                for chunk in chunks:
+                    tok.encode_batch(chunk)
 
             def one(tok: Tokenizer = tok) -> None:
                 for s in seqs:

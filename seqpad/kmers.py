@@ -93,35 +93,51 @@ def encode_kmers(
     total_win = int(n_win.sum())
     win_first = np.zeros(n_rec, dtype=np.int64)
     np.cumsum(n_win[:-1], out=win_first[1:])
-    # window starts: record start + j * stride
-    p = np.arange(0, total_win * stride, stride, dtype=np.int64)
-    p += np.repeat(starts - win_first * stride, n_win)
-    # k-mer value and "holds a non-base" flag of each window
-    if stride * 4 <= k and total_win:  # dense windows: rolling over contiguous slices
-        m = n_total - k + 1
-        rolled = codes[:m].astype(np.uint32)
-        flags = codes[:m].copy()
+    p: npt.NDArray[np.int64] | None = None
+    tail_start = starts.copy()  # where each sequence's tail starts (becomes so below)
+    if stride == k:
+        # non-overlapping: drop the tails, and the windows are the rows of a (W, k) block
+        tail_start += n_win * k
+        tails = starts + lengths - tail_start
+        block = codes
+        if tails.any():
+            keep = np.ones(n_total, dtype=bool)
+            keep[_ranges(tail_start, tails)] = False
+            block = codes[keep]
+        block = block.reshape(total_win, k)
+        value = block[:, 0].astype(np.uint32)
+        flag = block[:, 0].copy()
         for j in range(1, k):
-            rolled <<= 2
-            rolled |= codes[j: j + m] & 3
-            flags |= codes[j: j + m]
-        value = rolled[p]
-        flag = flags[p]
-    else:  # sparse windows: gather each of the k columns
-        value = np.zeros(total_win, dtype=np.uint32)
-        flag = np.zeros(total_win, dtype=np.uint8)
-        for j in range(k):
-            col = codes[p + j] if j else codes[p]
+            col = block[:, j]
             value <<= 2
             value |= col & 3
             flag |= col
+    else:
+        p = _window_starts(starts, n_win, win_first, stride)
+        if stride * 4 <= k and total_win:  # dense windows: rolling over contiguous slices
+            m = n_total - k + 1
+            rolled = codes[:m].astype(np.uint32)
+            flags = codes[:m].copy()
+            for j in range(1, k):
+                rolled <<= 2
+                rolled |= codes[j: j + m] & 3
+                flags |= codes[j: j + m]
+            value = rolled[p]
+            flag = flags[p]
+        else:  # sparse windows: gather each of the k columns
+            value = np.zeros(total_win, dtype=np.uint32)
+            flag = np.zeros(total_win, dtype=np.uint8)
+            for j in range(k):
+                col = codes[p + j] if j else codes[p]
+                value <<= 2
+                value |= col & 3
+                flag |= col
     good = (flag & 4) == 0
     all_good = bool(good.all())
-    # where each sequence's tail starts: the furthest point a token reached
-    tail_start = starts.copy()
+    # the tail starts where the furthest token reached
     has = n_win > 0
-    if total_win:
-        if stride == k or all_good:  # the last window reaches furthest
+    if total_win and p is not None:
+        if all_good:  # the last window reaches furthest
             last = win_first[has] + n_win[has] - 1
             tail_start[has] = p[last] + k
         else:
@@ -142,6 +158,8 @@ def encode_kmers(
         out[at] = kmer_ids
         _put_singles(out, rec_out + n_win, tail_start, tail_len, symbols, single_table)
         return out, tok_lens
+    if p is None:
+        p = _window_starts(starts, n_win, win_first, stride)
     # slots: each record's windows, then its tail; tokens per slot
     n_ev = total_win + n_rec
     ev_first = np.zeros(n_rec, dtype=np.int64)
@@ -172,11 +190,24 @@ def _put_singles(out: npt.NDArray[np.unsignedinteger], at: npt.NDArray[np.int64]
                  symbols: npt.NDArray[np.uint8],
                  single_table: npt.NDArray[np.unsignedinteger]) -> None:
     """``out[at[i] + j] = single id of symbols[src[i] + j]`` for ``j < count[i]``."""
-    n_single = int(count.sum())
-    if not n_single:
+    if not count.any():
         return
+    out[_ranges(at, count)] = single_table[symbols[_ranges(src, count)]]
+
+
+def _ranges(start: npt.NDArray[np.int64], count: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``[start[0], .., start[0] + count[0] - 1, start[1], ...]``: the ranges, joined."""
+    total = int(count.sum())
     first = np.zeros(count.size, dtype=np.int64)
     np.cumsum(count[:-1], out=first[1:])
-    which = np.repeat(np.arange(count.size), count)
-    within = np.arange(n_single, dtype=np.int64) - first[which]
-    out[at[which] + within] = single_table[symbols[src[which] + within]]
+    out = np.arange(total, dtype=np.int64)
+    out += np.repeat(start - first, count)
+    return out
+
+
+def _window_starts(starts: npt.NDArray[np.int64], n_win: npt.NDArray[np.int64],
+                   win_first: npt.NDArray[np.int64], stride: int) -> npt.NDArray[np.int64]:
+    """``(W,)`` start of every window: record start + j * stride."""
+    p = np.arange(0, int(n_win.sum()) * stride, stride, dtype=np.int64)
+    p += np.repeat(starts - win_first * stride, n_win)
+    return p

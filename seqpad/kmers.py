@@ -100,7 +100,9 @@ def encode_kmers(
         tail_start += n_win * k
         tails = starts + lengths - tail_start
         block = codes
-        if tails.any():
+        if n_rec == 1:
+            block = codes[: total_win * k]
+        elif tails.any():
             keep = np.ones(n_total, dtype=bool)
             keep[_ranges(tail_start, tails)] = False
             block = codes[keep]
@@ -158,31 +160,32 @@ def encode_kmers(
         out[at] = kmer_ids
         _put_singles(out, rec_out + n_win, tail_start, tail_len, symbols, single_table)
         return out, tok_lens
-    if p is None:
-        p = _window_starts(starts, n_win, win_first, stride)
-    # slots: each record's windows, then its tail; tokens per slot
-    n_ev = total_win + n_rec
-    ev_first = np.zeros(n_rec, dtype=np.int64)
-    np.cumsum(n_win[:-1] + 1, out=ev_first[1:])
-    win_slot = np.arange(total_win, dtype=np.int64)
-    win_slot += np.repeat(ev_first - win_first, n_win)
-    tail_slot = ev_first + n_win
-    count = np.ones(n_ev, dtype=np.int64)
-    count[win_slot[~good]] = stride
-    count[tail_slot] = tail_len
-    out_start = np.zeros(n_ev, dtype=np.int64)
-    np.cumsum(count[:-1], out=out_start[1:])
-    total = int(out_start[-1] + count[-1])
-    out = np.empty(total, dtype=dtype)
-    out[out_start[win_slot[good]]] = kmer_ids[good]
-    # single-symbol tokens: bad windows' first ``stride`` symbols, and the tails
+    # some windows hold a non-base: each such window takes ``stride`` tokens instead of 1,
+    # so window w lands at w + (stride - 1) * (bad windows before it) + earlier tails
     bad = ~good
-    _put_singles(out, np.concatenate([out_start[win_slot[bad]], out_start[tail_slot]]),
-                 np.concatenate([p[bad], tail_start]),
-                 np.concatenate([np.full(int(bad.sum()), stride, dtype=np.int64), tail_len]),
+    bad_before = np.zeros(total_win + 1, dtype=np.int64)
+    np.cumsum(bad, out=bad_before[1:])
+    bad_in_rec = bad_before[win_first + n_win] - bad_before[win_first]
+    tok_lens = n_win + (stride - 1) * bad_in_rec + tail_len
+    rec_out = np.zeros(n_rec, dtype=np.int64)
+    np.cumsum(tok_lens[:-1], out=rec_out[1:])
+    at = bad_before[:-1] * (stride - 1)
+    at += np.arange(total_win, dtype=np.int64)
+    at += np.repeat(rec_out - win_first - (stride - 1) * bad_before[win_first], n_win)
+    out = np.empty(int(rec_out[-1] + tok_lens[-1]), dtype=dtype)
+    out[at] = kmer_ids  # bad windows' slots are overwritten by their singles just below
+    bad_idx = np.flatnonzero(bad)
+    if p is None:  # start of each bad window: its record's start + j * stride
+        rec = np.searchsorted(win_first, bad_idx, side="right") - 1
+        p_bad = starts[rec] + (bad_idx - win_first[rec]) * stride
+    else:
+        p_bad = p[bad_idx]
+    n_bad = int(bad_idx.size)
+    _put_singles(out, np.concatenate([at[bad_idx], rec_out + tok_lens - tail_len]),
+                 np.concatenate([p_bad, tail_start]),
+                 np.concatenate([np.full(n_bad, stride, dtype=np.int64), tail_len]),
                  symbols, single_table)
-    tok_lens = np.add.reduceat(count, ev_first)
-    return out, tok_lens.astype(np.int64)
+    return out, tok_lens
 
 
 def _put_singles(out: npt.NDArray[np.unsignedinteger], at: npt.NDArray[np.int64],

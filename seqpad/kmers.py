@@ -117,13 +117,7 @@ def encode_kmers(
     else:
         p = _window_starts(starts, n_win, win_first, stride)
         if stride * 4 <= k and total_win:  # dense windows: rolling over contiguous slices
-            m = n_total - k + 1
-            rolled = codes[:m].astype(np.uint32)
-            flags = codes[:m].copy()
-            for j in range(1, k):
-                rolled <<= 2
-                rolled |= codes[j: j + m] & 3
-                flags |= codes[j: j + m]
+            rolled, flags = _rolling(codes, k)
             value = rolled[p]
             flag = flags[p]
         else:  # sparse windows: gather each of the k columns
@@ -186,6 +180,31 @@ def encode_kmers(
                  np.concatenate([np.full(n_bad, stride, dtype=np.int64), tail_len]),
                  symbols, single_table)
     return out, tok_lens
+
+
+def _rolling(codes: npt.NDArray[np.uint8], k: int
+             ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
+    """k-mer value and OR of the codes of the window starting at every position
+    ``0 .. N - k``, built by doubling (1-, 2-, 4-mers, then joined): about ``log2(k)``
+    passes instead of ``k``."""
+    pieces = {1: ((codes & 3).astype(np.uint32), codes)}
+    size = 1
+    while size * 2 <= k:
+        v, f = pieces[size]
+        n = v.size - size
+        pieces[size * 2] = ((v[:n] << np.uint32(2 * size)) | v[size:size + n],
+                            f[:n] | f[size:size + n])
+        size *= 2
+    value, flag = pieces[size]
+    have = size
+    for part in sorted(pieces, reverse=True):
+        if have + part <= k:
+            v, f = pieces[part]
+            n = codes.size - (have + part) + 1
+            value = (value[:n] << np.uint32(2 * part)) | v[have:have + n]
+            flag = flag[:n] | f[have:have + n]
+            have += part
+    return value, flag
 
 
 def _put_singles(out: npt.NDArray[np.unsignedinteger], at: npt.NDArray[np.int64],

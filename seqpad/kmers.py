@@ -87,6 +87,10 @@ def encode_kmers(
     n_rec = int(lengths.size)
     if n_rec == 0:
         return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
+    if n_rec == 1 and stride == k:
+        fast = _one_clean_record(codes, symbols, single_table, k, kmer_base, dtype)
+        if fast is not None:
+            return fast
     starts = np.zeros(n_rec, dtype=np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
     n_win = np.where(lengths >= k, (lengths - k) // stride + 1, 0)
@@ -180,6 +184,27 @@ def encode_kmers(
                  np.concatenate([np.full(n_bad, stride, dtype=np.int64), tail_len]),
                  symbols, single_table)
     return out, tok_lens
+
+
+def _one_clean_record(codes: npt.NDArray[np.uint8], symbols: npt.NDArray[np.uint8],
+                      single_table: npt.NDArray[np.unsignedinteger], k: int, kmer_base: int,
+                      dtype: type[np.unsignedinteger]
+                      ) -> tuple[npt.NDArray[np.unsignedinteger], npt.NDArray[np.int64]] | None:
+    """Non-overlapping k-mers of one sequence whose windows are all bases (the common
+    case, in a few numpy calls); None when some window holds a non-base."""
+    n = int(codes.size)
+    n_win = n // k
+    block = codes[: n_win * k].reshape(n_win, k)
+    if (block & 4).any():
+        return None
+    value = block[:, 0].astype(np.uint32)
+    for j in range(1, k):
+        value <<= 2
+        value |= block[:, j]
+    out = np.empty(n_win + n - n_win * k, dtype=dtype)
+    np.add(value, kmer_base, out=out[:n_win], casting="unsafe")
+    out[n_win:] = single_table[symbols[n_win * k:]]
+    return out, np.array([out.size], dtype=np.int64)
 
 
 def _rolling(codes: npt.NDArray[np.uint8], k: int

@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "get_alphabet": "seqpad.alphabet",
     "Tokenizer": "seqpad.tokenizer",
     "UnknownSymbolError": "seqpad.tokenizer",
+    "pretrained_tokenizer": "seqpad.vocabularies",
     "FastaFormatError": "seqpad.fasta",
     "read_fasta": "seqpad.fasta",
     "StoreError": "seqpad.store",
@@ -50,6 +51,7 @@ __all__ = [
     "get_alphabet",
     "lengths_to_mask",
     "mask_to_lengths",
+    "pretrained_tokenizer",
     "read_fasta",
     "write_store",
 ]
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from seqpad.samplers import TokenBudgetBatchSampler
     from seqpad.store import StoreError, TokenizedDataset, write_store
     from seqpad.tokenizer import Tokenizer, UnknownSymbolError
+    from seqpad.vocabularies import pretrained_tokenizer
 
 
 def __getattr__(name: str) -> Any:

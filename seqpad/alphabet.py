@@ -1,7 +1,9 @@
 """Alphabets: which symbols a tokenizer accepts, and the fixed special tokens.
 
-Every vocabulary starts with five special tokens at fixed ids, followed by the
-alphabet's symbols in the order given:
+Every built-in vocabulary starts with five special tokens at fixed ids, followed by
+the alphabet's symbols in the order given (and, for k-mer tokenizers, the k-mers; see
+:mod:`seqpad.kmers`). Vocabularies made with ``Tokenizer.from_vocab`` (e.g. ESM-2's,
+:mod:`seqpad.vocabularies`) place them elsewhere: use ``Tokenizer.pad_id`` etc.
 
 ====== ==== ==============================================
 token  id   meaning

@@ -43,8 +43,10 @@ from seqpad.fasta import (  # noqa: E402
     plan_chunks,
     read_fasta,
 )
+from seqpad.kmers import MAX_K  # noqa: E402
 from seqpad.store import StoreError, StoreReader, check_output, write_store  # noqa: E402
 from seqpad.tokenizer import Tokenizer, UnknownSymbolError  # noqa: E402
+from seqpad.vocabularies import PRETRAINED_VOCABS, pretrained_tokenizer  # noqa: E402
 
 __all__ = ["cli", "main"]
 
@@ -69,6 +71,10 @@ Examples:
   # keep records of 30..1022 residues, cutting longer ones; replace an old store
   seqpad tokenize in.fa -o out.store --alphabet protein --min-length 30 \\
       --max-length 1022 --truncate --force
+\b
+  # ESM-2 ids (<cls> ... <eos>); non-overlapping DNA 6-mers
+  seqpad tokenize in.fa -o esm.store --vocab esm2 --bos --eos
+  seqpad tokenize genome.fa -o k6.store --alphabet dna --kmer 6
 \b
 Exit codes: 0 ok, 1 bad input or failed write (nothing is left behind),
 2 usage error, 130 interrupted.
@@ -259,8 +265,18 @@ def cli() -> None:
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", required=True, metavar="OUT",
               help="Store directory to create.")
-@click.option("--alphabet", required=True, type=click.Choice(["protein", "dna", "rna"]),
-              help="Residue alphabet (IUPAC ambiguity codes included).")
+@click.option("--alphabet", type=click.Choice(["protein", "dna", "rna"]), default=None,
+              help="Residue alphabet (IUPAC ambiguity codes included); required unless "
+                   "--vocab is given.")
+@click.option("--vocab", type=click.Choice(sorted(PRETRAINED_VOCABS)), default=None,
+              help="A pretrained model's vocabulary instead of --alphabet: 'esm2' / 'esm1b' "
+                   "store fair-esm's ESM-1b/ESM-2 ids (use with --bos --eos for its "
+                   "<cls> ... <eos> batches).")
+@click.option("--kmer", type=click.IntRange(1, MAX_K), default=1, show_default=True,
+              metavar="K", help="k-mer tokens (dna / rna only; 3 = codons, 6 = 6-mers).")
+@click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S",
+              help="Step between k-mer windows, 1 to K [default: K, non-overlapping; "
+                   "1 = overlapping, DNABERT style].")
 @click.option("--unknown", type=click.Choice(["error", "unk", "skip"]), default="error",
               show_default=True,
               help="A symbol outside the alphabet: stop with an error, store <unk>, "
@@ -287,8 +303,8 @@ def cli() -> None:
               help="Processes parsing at once: files of 8 MiB or more are cut into pieces "
                    "at record starts (the store is the same for any N). "
                    "[default: 0, one per CPU, at most 8; 1 parses in this process]")
-def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, gaps: bool,
-             stop: bool, min_length: int, max_length: int | None, truncate: bool,
+def tokenize(inputs: tuple[str, ...], output: str, alphabet: str | None, vocab: str | None,
+             kmer: int, stride: int | None, unknown: str, gaps: bool, stop: bool, min_length: int, max_length: int | None, truncate: bool,
              drop_long: bool, bos: bool, eos: bool, full_title: bool, force: bool,
              progress: bool | None, jobs: int) -> None:
     """Tokenize FASTA files (plain or gzip; '-' is stdin) into the store OUT.
@@ -296,6 +312,15 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
     Prints a summary: records written, skipped (by reason), residues, and
     length min / median / max.
     """
+    if (alphabet is None) == (vocab is None):
+        raise click.UsageError("give exactly one of --alphabet and --vocab")
+    if vocab is not None and (kmer != 1 or stride is not None or gaps or stop):
+        raise click.UsageError("--vocab fixes the vocabulary: --kmer, --stride, --gaps and "
+                               "--stop do not apply")
+    if kmer > 1 and alphabet not in ("dna", "rna"):
+        raise click.UsageError("--kmer needs --alphabet dna or rna")
+    if stride is not None and not 1 <= stride <= kmer:
+        raise click.UsageError(f"--stride must be from 1 to --kmer ({kmer})")
     if truncate and drop_long:
         raise click.UsageError("--truncate and --drop-long exclude each other")
     long_policy = "truncate" if truncate else "drop" if drop_long else None
@@ -314,7 +339,13 @@ def tokenize(inputs: tuple[str, ...], output: str, alphabet: str, unknown: str, 
             raise _Fail(f"{p}: {what}")
     check_output(output, overwrite=force)
 
-    tokenizer = Tokenizer(alphabet, unknown=unknown, gaps=gaps, stop=stop)  # type: ignore[arg-type]
+    if vocab is not None:
+        tokenizer = pretrained_tokenizer(vocab, unknown=unknown)  # type: ignore[arg-type]
+        alphabet = vocab
+    else:
+        assert alphabet is not None
+        tokenizer = Tokenizer(alphabet, unknown=unknown, gaps=gaps,  # type: ignore[arg-type]
+                              stop=stop, k=kmer, stride=stride)
     source = _Inputs(inputs, full_title=full_title)
     total = source.total_bytes
     show = progress if progress is not None else (

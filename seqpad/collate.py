@@ -82,14 +82,18 @@ class Collator:
 
     * a sequence: ``str`` (or ASCII ``bytes``) of residues;
     * token ids: a 1-D integer numpy array or tensor, e.g. ``TokenizedDataset[i]``
-      (uint8 memmap view), used as they are;
+      (memmap view, ``tokenizer.ids_dtype``: uint8, or uint16 / uint32 for k-mers),
+      used as they are;
     * a ``(name, sequence)`` or ``(name, ids)`` pair, e.g. ``TokenizedDataset`` items with
       ``with_names=True``; then ``Batch.names`` holds the names (all items of a batch must
       be named, or none).
 
     Strings of a batch are joined and encoded in one pass through the tokenizer's
     lookup table; rows are assembled as bytes and converted to tensors once, so the cost
-    per residue is a few byte copies and there is no Python work per residue.
+    per residue is a few byte copies and there is no Python work per residue. Tokenizers
+    that are not one byte per symbol (k-mers, ids wider than uint8) take a numpy path:
+    the batch is encoded at once and rows are filled into a ``(B, L)`` array; crops then
+    cut tokens (k-mers), and ``pad_id`` may be any id (ESM-2's is 1).
 
     Args:
         tokenizer: gives ``pad_id``, ``bos_id``, ``eos_id``, ``vocab_size`` and the byte
@@ -177,22 +181,27 @@ class Collator:
         tok = self.tokenizer
         self._pad = int(tok.pad_id)
         self._vocab = int(tok.vocab_size)
+        bos, eos = tok._bos_eos(self.add_bos, self.add_eos)  # ValueError if a role is missing
+        self._bytewise = bool(getattr(tok, "is_bytewise", True))
+        self._bos_id, self._eos_id = bos, eos
+        self._specials = int(self.add_bos) + int(self.add_eos)
+        self._window = None if self.max_length is None else self.max_length - self._specials
+        if not self._bytewise:  # k-mers or ids wider than a byte: the numpy path
+            return
         lut = np.asarray(tok.lookup_table, dtype=np.uint8)
         self._table = lut.tobytes()
         self._pad_byte = bytes([self._pad])
-        self._prefix = bytes([int(tok.bos_id)]) if self.add_bos else b""
-        self._suffix = bytes([int(tok.eos_id)]) if self.add_eos else b""
+        self._prefix = bytes([bos]) if self.add_bos else b""
+        self._suffix = bytes([eos]) if self.add_eos else b""
         # The mask can be read off the padded ids (ids != pad) when no real token of an
         # encoded string can equal pad; array items are checked one by one.
         self._pad_free = self._pad not in set(lut.tolist()) - {_INVALID} and \
             self._pad_byte not in self._prefix + self._suffix
-        self._specials = len(self._prefix) + len(self._suffix)
-        self._window = None if self.max_length is None else self.max_length - self._specials
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for k in ("_table", "_pad_byte", "_prefix", "_suffix", "_pad_free", "_pad",
-                  "_vocab", "_specials", "_window"):
+                  "_vocab", "_specials", "_window", "_bytewise", "_bos_id", "_eos_id"):
             state.pop(k, None)
         return state
 
@@ -230,6 +239,8 @@ class Collator:
         """Collate ``items`` (see the class docstring) into a :class:`Batch`."""
         if len(items) == 0:
             raise ValueError("cannot collate an empty list of items")
+        if not self._bytewise:
+            return self._collate_wide(items)
         names: list[str] | None = None
         pad_free = self._pad_free
         kinds = set(map(type, items))
@@ -332,7 +343,7 @@ class Collator:
             if self.tokenizer.unknown != "unk":
                 self._raise_unknown(texts, where, names)
             # Non-ASCII characters are never symbols: one unk per character, as encode().
-            codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+            codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
             raw = np.minimum(codes, 255).astype(np.uint8).tobytes()
         ids = raw.translate(self._table)
         if b"\xff" in ids:
@@ -421,6 +432,70 @@ class Collator:
         else:
             mask = lengths_to_mask(lengths_t, width)
         return Batch(tokens, mask, lengths_t, names)
+
+    # ------------------------------------------------ k-mers, ids wider than a byte
+    def _collate_wide(self, items: Sequence[Item]) -> Batch:
+        """The numpy path for tokenizers that are not byte-for-byte (k-mers, uint16 /
+        uint32 ids): every item becomes an id array, rows are filled into ``(B, L)``."""
+        if all(isinstance(x, str) for x in items):
+            names, payloads, text_at = None, list(items), list(range(len(items)))
+        else:
+            names, payloads, text_at = self._classify(items)
+        bodies: list[Any] = list(payloads)
+        if text_at:
+            tok = self.tokenizer
+            texts = [payloads[i] for i in text_at]
+            raws = [t.encode("ascii") if t.isascii() else tok._as_bytes(t, None)
+                    if tok.unknown == "unk" else None for t in texts]
+            encoded = None
+            if all(r is not None for r in raws):
+                lens = np.fromiter(map(len, raws), dtype=np.int64, count=len(raws))
+                encoded = tok._encode_joined(b"".join(raws), lens)  # type: ignore[arg-type]
+            if encoded is None:  # an unknown symbol: name the item and position
+                self._raise_unknown(texts, text_at, names)
+            assert encoded is not None
+            ids, tok_lens = encoded
+            for i, part in zip(text_at, np.split(ids, np.cumsum(tok_lens[:-1])), strict=True):
+                bodies[i] = part
+        is_text = set(text_at)
+        for i in range(len(items)):
+            if i not in is_text:
+                bodies[i] = self._ids_array(payloads[i], i, names)
+        if self._window is not None:
+            bodies = self._crop(bodies, self._window, names)
+        lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
+        lengths += self._specials
+        width = int(lengths.max())
+        if self.pad_to_multiple_of is not None:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        tokens = np.full((len(bodies), width), self._pad, dtype=np.int64)
+        start = int(self.add_bos)
+        for row, b in zip(tokens, bodies, strict=True):
+            row[start: start + len(b)] = b
+        rows = np.arange(len(bodies))
+        if self.add_bos:
+            tokens[rows[lengths > 0], 0] = self._bos_id
+        if self.add_eos:
+            tokens[rows, lengths - 1] = self._eos_id
+        lengths_t = torch.from_numpy(lengths)
+        return Batch(torch.from_numpy(tokens), lengths_to_mask(lengths_t, width), lengths_t,
+                     names)
+
+    def _ids_array(self, x: npt.NDArray[np.integer] | Tensor, i: int,
+                   names: list[str] | None) -> npt.NDArray[np.integer]:
+        """Token ids of one item, checked against the vocabulary (any integer dtype)."""
+        if isinstance(x, Tensor):
+            x = x.detach().cpu().numpy()
+        if x.ndim != 1:
+            raise ValueError(f"{self._label(i, names)}: token ids must be 1-D, "
+                             f"got shape {tuple(x.shape)}")
+        if not np.issubdtype(x.dtype, np.integer):
+            raise TypeError(f"{self._label(i, names)}: token ids must be integers, "
+                            f"got dtype {x.dtype}")
+        if x.size and (int(x.min()) < 0 or int(x.max()) >= self._vocab):
+            raise ValueError(f"{self._label(i, names)}: token ids must lie in "
+                             f"[0, {self._vocab}), got {int(x.min())}..{int(x.max())}")
+        return x
 
     def __repr__(self) -> str:
         return (

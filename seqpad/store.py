@@ -3,7 +3,8 @@
 A store is a directory of ``.npy`` arrays plus ``meta.json`` (specification in
 ``docs/store.md``)::
 
-    ids.npy           uint8  (T,)    ids of every record, concatenated
+    ids.npy           uint8  (T,)    ids of every record, concatenated (uint16 / uint32
+                                     for vocabularies over 255 ids: format version 2)
     offsets.npy       int64  (N+1,)  record i is ids[offsets[i]:offsets[i+1]]
     names.npy         uint8  (B,)    UTF-8 bytes of every name, concatenated
     name_offsets.npy  int64  (N+1,)  name i is names[name_offsets[i]:name_offsets[i+1]]
@@ -41,8 +42,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from seqpad.alphabet import BOS_ID, EOS_ID
-from seqpad.tokenizer import IDS_DTYPE, Tokenizer, UnknownSymbolError
+from seqpad.tokenizer import Tokenizer, UnknownSymbolError
 
 __all__ = [
     "FORMAT_NAME",
@@ -55,15 +55,29 @@ __all__ = [
 ]
 
 FORMAT_NAME = "seqpad-store"
-#: Bumped on any incompatible change; readers refuse versions they do not know.
-FORMAT_VERSION = 1
+#: Bumped on any incompatible change; readers refuse versions they do not know. Version 2
+#: (k-mer and other vocabularies of more than 255 ids) stores ``ids.npy`` as ``<u2`` or
+#: ``<u4``; a store whose ids fit a byte is still written as version 1.
+FORMAT_VERSION = 2
 META_FILE = "meta.json"
-_ARRAYS: dict[str, str] = {  # file -> dtype (numpy descr)
+_ARRAYS: dict[str, str] = {  # file -> dtype (numpy descr); ids: see _ids_descr
     "ids.npy": "|u1",
     "offsets.npy": "<i8",
     "names.npy": "|u1",
     "name_offsets.npy": "<i8",
 }
+
+
+def _ids_descr(tokenizer: Tokenizer) -> str:
+    """The numpy descr of ``ids.npy`` for ``tokenizer``: ``|u1``, ``<u2`` or ``<u4``."""
+    return tokenizer.ids_dtype.newbyteorder("<").str
+
+
+def _format_version(tokenizer: Tokenizer) -> int:
+    """1 when the ids fit a byte (readable by older seqpad), else 2."""
+    return 1 if tokenizer.ids_dtype.itemsize == 1 else 2
+
+
 _HEADER_LEN = 128  # every .npy header we write is exactly this long (checked)
 _INVALID = 255  # Tokenizer.lookup_table marks bytes outside the alphabet with 255
 _INVALID_BYTE = bytes([_INVALID])
@@ -378,7 +392,11 @@ class _Writer:
         self.extra = int(add_bos) + int(add_eos)
         self.table = tokenizer.lookup_table.tobytes()  # for bytes.translate
         self.check = tokenizer.unknown != "unk"
-        self.files = {name: _NpyAppender(tmp / name, d) for name, d in _ARRAYS.items()}
+        self.ids_descr = _ids_descr(tokenizer)
+        self.ids_dtype = np.dtype(self.ids_descr)
+        self.bos_id, self.eos_id = tokenizer._bos_eos(add_bos, add_eos)
+        self.files = {name: _NpyAppender(tmp / name, self.ids_descr if name == "ids.npy" else d)
+                      for name, d in _ARRAYS.items()}
         self.files["offsets.npy"].append(np.zeros(1, np.int64))
         self.files["name_offsets.npy"].append(np.zeros(1, np.int64))
         self.n_tokens = 0
@@ -392,8 +410,17 @@ class _Writer:
         ``skipped_at``: sorted batch-relative indices of records dropped before this
         call (for error messages); ``joined``: ``"".join(seqs)`` when already known."""
         tok = self.tok
-        body: npt.NDArray[np.uint8] | None = None
+        body: npt.NDArray[np.unsignedinteger] | None = None
         lens: npt.NDArray[np.int64] | None = None
+        bytewise = tok.is_bytewise
+        if not bytewise and self.truncate and self.max_length is not None and \
+                (seq_lens > self.max_length).any():
+            # k-mers: cut the residues before encoding (lengths count residues)
+            self.summary.truncated += int((seq_lens > self.max_length).sum())
+            seqs = [x[: self.max_length] for x in seqs]
+            seq_lens = np.minimum(seq_lens, self.max_length)
+            joined = None
+        res_lens = seq_lens  # residues per kept record (tokens differ for k-mers)
         if joined is not None or (seqs and isinstance(seqs[0], str)):
             try:
                 raw: bytes | None = ("".join(seqs) if joined is None else joined).encode("ascii")
@@ -404,15 +431,20 @@ class _Writer:
                 raw = b"".join(seqs)
             except TypeError:
                 raw = None
-        if raw is not None:
+        if raw is not None and not bytewise:
+            if len(raw) == int(seq_lens.sum()):
+                encoded = tok._encode_joined(raw, seq_lens)
+                if encoded is not None:
+                    body, lens = encoded
+        elif raw is not None:
             translated = raw.translate(self.table)  # one C pass: byte -> id
             if self.check and _INVALID_BYTE in translated:
                 body = None
             else:
-                body = np.frombuffer(translated, dtype=IDS_DTYPE)
+                body = np.frombuffer(translated, dtype=np.uint8)
                 lens = seq_lens
         if body is None:  # some record has a symbol outside the alphabet: find it
-            kept_names, kept_arrays = [], []
+            kept_names, kept_arrays, kept_res = [], [], []
             for k, (name, seq) in enumerate(zip(names, seqs, strict=True)):
                 try:
                     kept_arrays.append(tok.encode(seq, record=name))
@@ -427,9 +459,11 @@ class _Writer:
                     e.record_index = batch_start + j  # type: ignore[attr-defined]
                     raise
                 kept_names.append(name)
+                kept_res.append(len(seq))
             names = kept_names
             lens = np.fromiter(map(len, kept_arrays), dtype=np.int64, count=len(kept_arrays))
-            body = np.concatenate(kept_arrays) if kept_arrays else np.zeros(0, IDS_DTYPE)
+            res_lens = np.array(kept_res, dtype=np.int64)
+            body = np.concatenate(kept_arrays) if kept_arrays else np.zeros(0, self.ids_dtype)
         assert lens is not None
         n = len(names)
         if n == 0:
@@ -438,9 +472,10 @@ class _Writer:
         if self.truncate and self.max_length is not None and (lens > self.max_length).any():
             keep = np.minimum(lens, self.max_length)
             self.summary.truncated += int((keep < lens).sum())
+            res_lens = keep
         out_lens = keep + self.extra
         if self.extra or keep is not lens:
-            out = np.empty(int(out_lens.sum()), dtype=IDS_DTYPE)
+            out = np.empty(int(out_lens.sum()), dtype=self.ids_dtype)
             out_starts = np.zeros(n, dtype=np.int64)
             np.cumsum(out_lens[:-1], out=out_starts[1:])
             src_starts = np.zeros(n, dtype=np.int64)
@@ -452,9 +487,9 @@ class _Writer:
             out[np.repeat(out_starts + int(self.add_bos), keep) + within] = \
                 body[np.repeat(src_starts, keep) + within]
             if self.add_bos:
-                out[out_starts] = BOS_ID
+                out[out_starts] = self.bos_id
             if self.add_eos:
-                out[out_starts + out_lens - 1] = EOS_ID
+                out[out_starts + out_lens - 1] = self.eos_id
         else:
             out = body
         self.files["ids.npy"].append(out)
@@ -475,9 +510,9 @@ class _Writer:
         self.files["name_offsets.npy"].append(name_ends)
         s = self.summary
         s.records += n
-        s.residues += int(keep.sum())
+        s.residues += int(res_lens.sum())
         s.tokens = self.n_tokens
-        self.stats.add(keep)
+        self.stats.add(res_lens)
 
     def absorb(self, part: Path, result: _PartResult) -> None:
         """Append the store piece a worker wrote into directory ``part``."""
@@ -631,14 +666,14 @@ def write_store(
             _write_records(writer, records, batch_residues, progress)
         meta: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": _format_version(tokenizer),
             "store_id": uuid.uuid4().hex,
             "tokenizer": tokenizer.to_dict(),
             "add_bos": add_bos,
             "add_eos": add_eos,
             "options": {"min_length": min_length, "max_length": max_length,
                         "truncate": truncate},
-            "files": {name: {"dtype": d} for name, d in _ARRAYS.items()},
+            "files": {name: {"dtype": f.descr} for name, f in writer.files.items()},
         }
         summary = writer.finish(meta)
         for name, f in writer.files.items():
@@ -1032,7 +1067,8 @@ class StoreReader:
     PyTorch. This base exists so that ``seqpad info`` / ``seqpad tokenize`` need not
     import torch.
 
-    ``ds[i]`` is the 1-D ``uint8`` ids of record i (a read-only view into the
+    ``ds[i]`` is the 1-D ids of record i (``uint8``; ``uint16`` / ``uint32`` for k-mer
+    vocabularies over 255 ids: ``tokenizer.ids_dtype``) (a read-only view into the
     memory-mapped file, O(1)); with ``with_names=True`` it is ``(name, ids)``.
     Opening reads ``meta.json`` (the tokenizer is rebuilt), the arrays' headers and
     ``offsets.npy`` (checked in one vectorised pass that also gives ``lengths``); a damaged
@@ -1060,6 +1096,7 @@ class StoreReader:
         self._names_checked = False
         # validate now, so errors surface at construction: the tokenizer, the arrays
         self._tokenizer: Tokenizer | None = _tokenizer_of(self.path, self.meta)
+        self._ids_descr = _ids_descr(self._tokenizer)
         self._store_id = _store_identity(self.meta)  # checked whenever the files are reopened
         self._open()
 
@@ -1071,7 +1108,8 @@ class StoreReader:
                      "names.npy": int(m["n_name_bytes"]), "name_offsets.npy": self._n + 1}
             reopen = self._offsets_checked  # e.g. in a DataLoader worker, maybe much later
             try:
-                arrays = {name: _load(self.path, name, d, sizes[name])
+                arrays = {name: _load(self.path, name, self._ids_descr if name == "ids.npy"
+                                      else d, sizes[name])
                           for name, d in _ARRAYS.items()}
             except StoreError:
                 if reopen:
@@ -1136,7 +1174,7 @@ class StoreReader:
             raise IndexError(f"record index {i} out of range for {self._n} records")
         return j
 
-    def ids(self, i: int) -> npt.NDArray[np.uint8]:
+    def ids(self, i: int) -> npt.NDArray[np.unsignedinteger]:
         """The ids of record ``i`` (read-only memmap view)."""
         a = self._open()
         j = self._index(i)
@@ -1220,7 +1258,8 @@ def _dataset_class() -> type:
 _DATASET_DOC = """A store written by :func:`write_store` / ``seqpad tokenize``, as a
 ``torch.utils.data.Dataset``.
 
-``ds[i]`` is the 1-D ``uint8`` ids of record i (a read-only view into the
+``ds[i]`` is the 1-D ids of record i (``uint8``; ``uint16`` / ``uint32`` for k-mer
+    vocabularies over 255 ids: ``tokenizer.ids_dtype``) (a read-only view into the
 memory-mapped file, O(1)); with ``with_names=True`` it is ``(name, ids)``.
 Opening reads ``meta.json`` (the tokenizer is rebuilt), the arrays' headers and
 ``offsets.npy`` (checked in one vectorised pass that also gives ``lengths``); a damaged

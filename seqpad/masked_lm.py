@@ -7,7 +7,7 @@ corrupted ``tokens`` and the ``labels`` to predict.
 Only residue ids are ever chosen (every id of the vocabulary that is not in
 ``tokenizer.special_ids``: never pad, bos, eos, unk or mask), and random replacements
 are residue ids too. The work is vectorised in numpy over the real residues of the
-batch (one random number per residue, then one per chosen position); there is no
+batch (one random byte per residue, then one float per chosen position); there is no
 Python loop per sequence or per residue.
 """
 
@@ -59,6 +59,25 @@ def _is_residue(flat: npt.NDArray[np.int64], residues: npt.NDArray[np.int64]) ->
     return table[np.clip(flat, 0, top - 1)]
 
 
+def _bernoulli(rng: np.random.Generator, n: int, p: float) -> npt.NDArray[np.bool_]:
+    """``n`` independent Bernoulli(``p``) draws from random bytes, exactly.
+
+    A byte ``b`` below ``floor(256 p)`` is a success; a byte equal to it succeeds with
+    the remaining probability ``256 p - floor(256 p)`` (one float draw per such byte,
+    1 in 256). About 10x cheaper than one float per position.
+    """
+    raw = rng.bit_generator.random_raw((n + 7) // 8)
+    u8 = np.asarray(raw, dtype="<u8").view(np.uint8)[:n]
+    q = p * 256.0
+    k = int(q)
+    out = u8 < k
+    if q > k:
+        edge = np.flatnonzero(u8 == k)
+        if edge.size:
+            out[edge[rng.random(edge.size) < q - k]] = True
+    return out
+
+
 def mask_tokens(
     tokens: Tensor,
     residues: Sequence[int] | npt.ArrayLike,
@@ -105,7 +124,7 @@ def mask_tokens(
     flat = inputs  # read-only use until the replacements below
     is_res = _is_residue(flat, res)
     candidates = np.flatnonzero(is_res)
-    chosen = candidates[rng.random(candidates.size, dtype=np.float32) < mlm_probability]
+    chosen = candidates[_bernoulli(rng, candidates.size, mlm_probability)]
     # Every row with a residue gets at least one target.
     hit = np.zeros(n_rows, dtype=bool)
     hit[chosen // width] = True

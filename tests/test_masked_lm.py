@@ -239,3 +239,16 @@ def test_properties(seqs: list[str], p: float, mask_frac: float, seed: int) -> N
     again = MaskedLMCollator(tok, mlm_probability=p, mask_fraction=mask_frac,
                              random_fraction=rand_frac, seed=seed, add_bos=True)(seqs)
     assert torch.equal(again.tokens, b.tokens) and torch.equal(again.labels, b.labels)
+
+
+@pytest.mark.parametrize("p", [0.15, 1 / 256, 0.5, 0.999, 1.0])
+def test_bernoulli_from_bytes_is_exact(p: float) -> None:
+    from seqpad.masked_lm import _bernoulli
+
+    n = 400_000
+    draws = _bernoulli(np.random.default_rng(0), n, p)
+    assert draws.shape == (n,) and draws.dtype == bool
+    assert _within(int(draws.sum()), n, p)
+    # p = 0.15 sits between two byte thresholds: 38/256 = 0.1484 would fail this bound
+    if p == 0.15:
+        assert abs(draws.mean() - 0.15) < 5 * math.sqrt(0.15 * 0.85 / n)

@@ -252,3 +252,18 @@ def test_bernoulli_from_bytes_is_exact(p: float) -> None:
     # p = 0.15 sits between two byte thresholds: 38/256 = 0.1484 would fail this bound
     if p == 0.15:
         assert abs(draws.mean() - 0.15) < 5 * math.sqrt(0.15 * 0.85 / n)
+
+
+def test_lengths_limit_the_choice() -> None:
+    """With lengths, residue ids past a row's length (not padding ids) are never chosen."""
+    tokens = torch.full((3, 50), 7, dtype=torch.long)  # every position holds a residue id
+    lengths = torch.tensor([50, 10, 0])
+    for seed in range(20):
+        _, labels = mask_tokens(tokens, [7], 2, mlm_probability=0.5, lengths=lengths,
+                                generator=np.random.default_rng(seed))
+        chosen = labels != -100
+        assert not bool(chosen[1, 10:].any()) and not bool(chosen[2].any())
+        assert bool(chosen[0].any()) and bool(chosen[1, :10].any())
+    _, labels = mask_tokens(tokens, [7], 2, mlm_probability=0.5,
+                            generator=np.random.default_rng(0))
+    assert bool((labels != -100).any(1).all())  # without lengths every position counts

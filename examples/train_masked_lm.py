@@ -4,8 +4,8 @@ The whole seqpad pipeline, end to end:
 
     FASTA --(read_fasta, write_store)--> tokenized store --(TokenizedDataset)-->
     TokenBudgetBatchSampler (length-bucketed batches under a token budget) -->
-    Collator (ids (B, L), mask (B, 1, L)) --> build_model({"arch": "cnn", ...}) -->
-    BERT-style masking, cross-entropy on the masked positions --> save_checkpoint
+    MaskedLMCollator (masked ids and labels (B, L), mask (B, 1, L)) --> build_model(...) -->
+    cross-entropy on the masked positions --> save_checkpoint
 
 Run (a few hundred steps on a laptop CPU take a minute or two)::
 
@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from seqpad.collate import Batch, Collator
+from seqpad.collate import Batch
 from seqpad.fasta import read_fasta
+from seqpad.masked_lm import MaskedLMCollator
 from seqpad.models import build_model, load_model, save_checkpoint
 from seqpad.samplers import TokenBudgetBatchSampler
 from seqpad.store import StoreError, TokenizedDataset, write_store
@@ -44,7 +45,6 @@ from seqpad.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FASTA = REPO / "data" / "UP000000625-E.coli.fasta.gz"
-STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
 # ------------------------------------------------------------------- data
@@ -83,7 +83,7 @@ def make_loader(
     seed: int,
     num_replicas: int | None = None,
     rank: int | None = None,
-) -> tuple[DataLoader[Batch], TokenBudgetBatchSampler, Collator]:
+) -> tuple[DataLoader[Batch], TokenBudgetBatchSampler, MaskedLMCollator]:
     """DataLoader over length-bucketed batches of at most ``max_tokens`` padded positions.
 
     The sampler sees the lengths after cropping to ``max_length`` (what the collator will
@@ -93,13 +93,16 @@ def make_loader(
     sampler = TokenBudgetBatchSampler(
         lengths, max_tokens, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank
     )
-    collator = Collator(ds.tokenizer, max_length=max_length, crop="random", seed=seed)
+    # BERT-style masking (15% of residues; 80% mask, 10% random residue, 10% unchanged)
+    # is drawn with the crops, from one stream per (seed, epoch, worker); each rank its own.
+    collator = MaskedLMCollator(ds.tokenizer, max_length=max_length, crop="random",
+                                seed=seed * 1000 + (rank or 0))
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collator, num_workers=0)
     return loader, sampler, collator
 
 
 def endless(
-    loader: DataLoader[Batch], sampler: TokenBudgetBatchSampler, collator: Collator
+    loader: DataLoader[Batch], sampler: TokenBudgetBatchSampler, collator: MaskedLMCollator
 ) -> Iterator[Batch]:
     """Batches epoch after epoch, reshuffled (sampler) and re-cropped (collator) each time."""
     epoch = 0
@@ -111,46 +114,16 @@ def endless(
 
 
 # ---------------------------------------------------------------- masking
-def mask_tokens(
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    tokenizer: Tokenizer,
-    *,
-    rate: float = 0.15,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT-style corruption of ``tokens`` ``(B, L)`` at real positions only.
+def mlm_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Masked-LM cross-entropy on the chosen positions; returns (loss, real tokens).
 
-    ``rate`` of the real positions (``mask`` ``(B, 1, L)`` True) are chosen; of those 80%
-    become ``mask_id``, 10% a random standard amino acid and 10% stay as they are.
-
-    Returns:
-        ``(inputs, targets)``, both ``(B, L)`` long: ``targets`` holds the original id at
-        chosen positions and -100 (ignored by ``F.cross_entropy``) everywhere else.
+    The batch comes from :class:`seqpad.MaskedLMCollator`: ``tokens`` are the corrupted
+    inputs (masked positions hold ``mask_id``, a real token, so the mask is unchanged) and
+    ``labels`` the original ids at the chosen positions, -100 elsewhere.
     """
-    real = mask[:, 0, :]
-    u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
-    chosen = real & (u < rate)
-    if not bool(chosen.any()):  # tiny batch: choose at least one real position
-        first = real.flatten().nonzero()[:1]
-        chosen = chosen.flatten().index_fill(0, first.flatten(), True).view_as(real)
-    targets = tokens.masked_fill(~chosen, -100)
-    v = torch.rand(tokens.shape, generator=generator, device=tokens.device)
-    aa = torch.as_tensor(tokenizer.encode(STANDARD_AA).astype("int64"), device=tokens.device)
-    random_aa = aa[torch.randint(len(aa), tokens.shape, generator=generator,
-                                 device=tokens.device)]
-    inputs = torch.where(chosen & (v < 0.8), torch.full_like(tokens, tokenizer.mask_id), tokens)
-    inputs = torch.where(chosen & (v >= 0.8) & (v < 0.9), random_aa, inputs)
-    return inputs, targets
-
-
-def mlm_loss(model: torch.nn.Module, batch: Batch, tokenizer: Tokenizer,
-             generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
-    """Masked-LM cross-entropy on the chosen positions; returns (loss, real tokens)."""
-    inputs, targets = mask_tokens(batch.tokens, batch.mask, tokenizer, generator=generator)
-    # The mask comes from the collator: masked positions hold mask_id, a real token.
-    logits = model(inputs, batch.mask)  # (B, V, L), zero at padding
-    loss = F.cross_entropy(logits, targets, ignore_index=-100)
+    assert batch.labels is not None, "batches must come from MaskedLMCollator"
+    logits = model(batch.tokens, batch.mask)  # (B, V, L), zero at padding
+    loss = F.cross_entropy(logits, batch.labels, ignore_index=-100)
     return loss, int(batch.lengths.sum())
 
 
@@ -250,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         opt, lambda s: min(1.0, (s + 1) / warmup)
         * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
     )
-    gen = torch.Generator(device=device).manual_seed(args.seed)
 
     tracker = LossTracker()
     tokens_seen = 0
@@ -265,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                            item_show_func=status) as bar:
         for step in range(1, args.steps + 1):
             batch = next(batches).to(device, non_blocking=True)
-            loss, n_tok = mlm_loss(model, batch, tok, gen)
+            loss, n_tok = mlm_loss(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

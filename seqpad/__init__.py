@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "write_store": "seqpad.store",
     "Batch": "seqpad.collate",
     "Collator": "seqpad.collate",
+    "MaskedLMCollator": "seqpad.masked_lm",
+    "mask_tokens": "seqpad.masked_lm",
     "TokenBudgetBatchSampler": "seqpad.samplers",
     "as_mask": "seqpad.masks",
     "lengths_to_mask": "seqpad.masks",
@@ -41,6 +43,7 @@ __all__ = [
     "Batch",
     "Collator",
     "FastaFormatError",
+    "MaskedLMCollator",
     "StoreError",
     "TokenBudgetBatchSampler",
     "TokenizedDataset",
@@ -51,6 +54,7 @@ __all__ = [
     "get_alphabet",
     "lengths_to_mask",
     "mask_to_lengths",
+    "mask_tokens",
     "pretrained_tokenizer",
     "read_fasta",
     "write_store",
@@ -60,6 +64,7 @@ if TYPE_CHECKING:
     from seqpad.alphabet import Alphabet, get_alphabet
     from seqpad.collate import Batch, Collator
     from seqpad.fasta import FastaFormatError, read_fasta
+    from seqpad.masked_lm import MaskedLMCollator, mask_tokens
     from seqpad.masks import as_mask, lengths_to_mask, mask_to_lengths
     from seqpad.samplers import TokenBudgetBatchSampler
     from seqpad.store import StoreError, TokenizedDataset, write_store

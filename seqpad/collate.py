@@ -45,6 +45,8 @@ class Batch:
         mask: ``(B, 1, L)`` bool, True at real tokens (bos/eos included).
         lengths: ``(B,)`` int64 number of real tokens per sequence (bos/eos included).
         names: record names when the items carried them, else None.
+        labels: ``(B, L)`` int64 masked-LM targets (original id at the chosen positions,
+            -100 elsewhere) from :class:`~seqpad.masked_lm.MaskedLMCollator`, else None.
 
     ``L`` is the longest length (rounded up with ``pad_to_multiple_of``).
     :meth:`pin_memory` makes ``DataLoader(pin_memory=True)`` work; :meth:`to` moves it.
@@ -54,6 +56,7 @@ class Batch:
     mask: Tensor
     lengths: Tensor
     names: list[str] | None = field(default=None)
+    labels: Tensor | None = field(default=None)
 
     def _map(self, fn: Any) -> Batch:
         """A copy with ``fn`` applied to every tensor field (other fields shared)."""

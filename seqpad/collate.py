@@ -44,6 +44,11 @@ class Batch:
         mask: ``(B, 1, L)`` bool, True at real tokens (bos/eos included).
         lengths: ``(B,)`` int64 number of real tokens per sequence (bos/eos included).
         names: record names when the items carried them, else None.
+        segment_ids: packed batches only (:class:`seqpad.PackingCollator`): ``(B, L)``
+            int32, ``1, 2, ...`` per sequence within a row, 0 at padding; then
+            ``lengths``, ``names``, ``rows`` and ``offsets`` are per *sequence* ``(N,)``.
+        rows / offsets: packed batches only: ``(N,)`` int64 row and first position of
+            each sequence (see :func:`seqpad.unpack`).
 
     ``L`` is the longest length (rounded up with ``pad_to_multiple_of``).
     :meth:`pin_memory` makes ``DataLoader(pin_memory=True)`` work; :meth:`to` moves it.
@@ -53,6 +58,9 @@ class Batch:
     mask: Tensor
     lengths: Tensor
     names: list[str] | None = field(default=None)
+    segment_ids: Tensor | None = field(default=None)
+    rows: Tensor | None = field(default=None)
+    offsets: Tensor | None = field(default=None)
 
     def _map(self, fn: Any) -> Batch:
         """A copy with ``fn`` applied to every tensor field (other fields shared)."""

@@ -30,6 +30,10 @@ _EXPORTS: dict[str, str] = {
     "Batch": "seqpad.collate",
     "Collator": "seqpad.collate",
     "TokenBudgetBatchSampler": "seqpad.samplers",
+    "PackingBatchSampler": "seqpad.packing",
+    "PackingCollator": "seqpad.packing",
+    "pack": "seqpad.packing",
+    "unpack": "seqpad.packing",
     "as_mask": "seqpad.masks",
     "lengths_to_mask": "seqpad.masks",
     "mask_to_lengths": "seqpad.masks",
@@ -40,6 +44,8 @@ __all__ = [
     "Batch",
     "Collator",
     "FastaFormatError",
+    "PackingBatchSampler",
+    "PackingCollator",
     "StoreError",
     "TokenBudgetBatchSampler",
     "TokenizedDataset",
@@ -50,7 +56,9 @@ __all__ = [
     "get_alphabet",
     "lengths_to_mask",
     "mask_to_lengths",
+    "pack",
     "read_fasta",
+    "unpack",
     "write_store",
 ]
 
@@ -59,6 +67,7 @@ if TYPE_CHECKING:
     from seqpad.collate import Batch, Collator
     from seqpad.fasta import FastaFormatError, read_fasta
     from seqpad.masks import as_mask, lengths_to_mask, mask_to_lengths
+    from seqpad.packing import PackingBatchSampler, PackingCollator, pack, unpack
     from seqpad.samplers import TokenBudgetBatchSampler
     from seqpad.store import StoreError, TokenizedDataset, write_store
     from seqpad.tokenizer import Tokenizer, UnknownSymbolError

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from seqpad.nn.functional import masked_batch_norm
+from seqpad.nn.segments import segment_mask
 
 __all__ = [
     "MaskedBatchNorm1d",
@@ -63,7 +64,11 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def _process_group(self) -> object | None:
         return None
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,  # type: ignore[override]
+                segment_ids: Tensor | None = None) -> Tensor:
+        """Normalise ``x``; ``segment_ids`` ``(B, L)`` (packed) gives the mask ``> 0``."""
+        if segment_ids is not None:
+            mask = segment_mask(segment_ids)
         self._check_input_dim(x)
         group = self._process_group()
         if mask is None and group is None:

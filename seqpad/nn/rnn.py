@@ -21,6 +21,9 @@ Masks must be right-padded prefixes (``mask[b, 0, t]`` True for ``t < length_b``
 left padding raises ``ValueError`` (the check costs one host synchronisation on an
 accelerator and is skipped while ``torch.compile`` traces).
 
+With ``segment_ids`` ``(B, L)`` (packed batches) every segment is run as a sequence of
+its own (:func:`seqpad.nn.segments.segment_rnn`); states are per segment.
+
 Under ``torch.compile`` the packed path runs eagerly behind one graph break (packing
 needs the lengths on the host); the layers around it still compile.
 """
@@ -37,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqpad.masks import as_mask
+from seqpad.nn.segments import segment_rnn
 
 __all__ = ["MaskedGRU", "MaskedLSTM"]
 
@@ -301,9 +305,12 @@ class MaskedLSTM(nn.LSTM):
         return _extra_repr(self)
 
     def forward(  # type: ignore[override]
-        self, x: Tensor, mask: Tensor | None = None, *, return_state: bool = False
+        self, x: Tensor, mask: Tensor | None = None, *, return_state: bool = False,
+        segment_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Run ``x`` ``(B, C, L)`` -> ``(B, H * directions, L)`` [, ``(h_n, c_n)``]."""
+        if segment_ids is not None:  # packed: each segment run as its own sequence
+            return segment_rnn(self, x, segment_ids, return_state)  # type: ignore[return-value]
         return _masked_rnn_forward(self, super().forward, x, mask, return_state)  # type: ignore[return-value]
 
 
@@ -359,7 +366,10 @@ class MaskedGRU(nn.GRU):
         return _extra_repr(self)
 
     def forward(  # type: ignore[override]
-        self, x: Tensor, mask: Tensor | None = None, *, return_state: bool = False
+        self, x: Tensor, mask: Tensor | None = None, *, return_state: bool = False,
+        segment_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Run ``x`` ``(B, C, L)`` -> ``(B, H * directions, L)`` [, ``h_n``]."""
+        if segment_ids is not None:  # packed: each segment run as its own sequence
+            return segment_rnn(self, x, segment_ids, return_state)  # type: ignore[return-value]
         return _masked_rnn_forward(self, super().forward, x, mask, return_state)  # type: ignore[return-value]

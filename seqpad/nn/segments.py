@@ -181,15 +181,19 @@ def segment_conv1d(
     sid = segment_ids.long()
     L = sid.shape[1]
     sp = F.pad(sid, (left, right))  # (B, L + left + right), 0 = padding / outside
-    taps = torch.stack([sp[:, k * dilation: k * dilation + L] for k in range(K)])  # (K, B, L)
-    foreign = ((taps != sid) & (taps != 0)).any(0) & (sid > 0)
+    foreign = torch.zeros_like(sid, dtype=torch.bool)
+    for k in range(K):
+        tap = sp[:, k * dilation: k * dilation + L]
+        foreign |= (tap != sid) & (tap != 0)
+    foreign &= sid > 0
     b, t = torch.nonzero(foreign, as_tuple=True)  # host sync (size)
     if b.numel() == 0:
         return out
-    tk = t[:, None] + torch.arange(K, device=x.device) * dilation  # (n, K) in padded coords
-    keep = (sp[b[:, None], tk] == sid[b, t][:, None]).to(x.dtype)  # (n, K)
-    xp = F.pad(x.masked_fill(~m, 0), (left, right)).transpose(1, 2)  # (B, L', C_in)
-    vals = xp[b[:, None], tk] * keep[:, :, None]  # (n, K, C_in)
+    tk = t[:, None] + (torch.arange(K, device=x.device) * dilation - left)  # (n, K)
+    tkc = tk.clamp(0, L - 1)
+    keep = (tk == tkc) & (sid[b[:, None], tkc] == sid[b, t][:, None])  # own segment only
+    vals = x.transpose(1, 2)[b[:, None], tkc]  # (n, K, C_in)
+    vals = torch.where(keep[:, :, None], vals, vals.new_zeros(()))
     n, C_out = b.numel(), weight.shape[0]
     ci = weight.shape[1]
     w = weight.reshape(groups, C_out // groups, ci, K)

@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--train-row-length", type=int, default=1024)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--n-layers", type=int, default=4)
+    ap.add_argument("--skip-waste", action="store_true", help="only the training step")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     paths = find_proteomes()
@@ -152,8 +153,10 @@ def main() -> None:
         recs = [s for _, s in read_records(p)]
         lengths[short_name(p)] = np.array([len(s) for s in recs])
         seqs[short_name(p)] = recs
-    print("\nPadding waste over one epoch (share of the (B, L) positions that are padding):")
-    print(waste_table(lengths, row_lengths, args.budget))
+    if not args.skip_waste:
+        print("\nPadding waste over one epoch (share of the (B, L) positions that are "
+              "padding):")
+        print(waste_table(lengths, row_lengths, args.budget))
     L = args.train_row_length
     name = "E.coli" if "E.coli" in seqs else next(iter(seqs))
     print(f"\n{name}:")

@@ -200,8 +200,9 @@ def segment_conv1d(
     y = torch.einsum("nkgc,gock->ngo", vals.reshape(n, K, groups, ci), w).reshape(n, C_out)
     if bias is not None:
         y = y + bias
-    out_t = out.transpose(1, 2).index_put((b, t), y.to(out.dtype))
-    return out_t.transpose(1, 2)
+    # In place: ``out`` is a fresh result that no autograd node saved (no extra copy).
+    out.transpose(1, 2).index_put_((b, t), y.to(out.dtype))
+    return out
 
 
 def segment_rnn(rnn: torch.nn.Module, x: Tensor, segment_ids: Tensor,

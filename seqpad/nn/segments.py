@@ -196,12 +196,16 @@ def segment_conv1d(
     vals = torch.where(keep[:, :, None], vals, vals.new_zeros(()))
     n, C_out = b.numel(), weight.shape[0]
     ci = weight.shape[1]
-    w = weight.reshape(groups, C_out // groups, ci, K)
-    y = torch.einsum("nkgc,gock->ngo", vals.reshape(n, K, groups, ci), w).reshape(n, C_out)
+    if groups == 1:  # one (n, K * C_in) @ (K * C_in, C_out) product
+        y = vals.reshape(n, K * ci) @ weight.permute(2, 1, 0).reshape(K * ci, C_out)
+    else:
+        w = weight.reshape(groups, C_out // groups, ci, K)
+        y = torch.einsum("nkgc,gock->ngo", vals.reshape(n, K, groups, ci), w).reshape(n, C_out)
     if bias is not None:
         y = y + bias
     # In place: ``out`` is a fresh result that no autograd node saved (no extra copy).
-    out.transpose(1, 2).index_put_((b, t), y.to(out.dtype))
+    chans = torch.arange(C_out, device=x.device)
+    out.index_put_((b[:, None], chans[None, :], t[:, None]), y.to(out.dtype))
     return out
 
 

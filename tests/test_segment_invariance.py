@@ -75,7 +75,8 @@ def test_block_eval_equals_alone(name: str, lengths: list[int], row: int, seed: 
     block = _build(BLOCKS[name])
     batch = _layout(lengths, row)
     seqs = _seqs(lengths, seed)
-    x = pack(seqs, batch).requires_grad_(True)
+    # Padding holds garbage: no real output may read it.
+    x = pack(seqs, batch, value=7.5).requires_grad_(True)
     out = block(x, segment_ids=batch.segment_ids)
     assert out.shape[0] == x.shape[0] and out.shape[-1] == x.shape[-1]
     assert not out.masked_select(~batch.mask).any(), "nonzero output at padding"
@@ -138,6 +139,16 @@ def test_batchnorm_train_same_statistics(lengths: list[int], row: int, seed: int
         torch.testing.assert_close(got, ref[i, :, :lengths[i]], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(packed_bn.running_mean, padded_bn.running_mean)
     torch.testing.assert_close(packed_bn.running_var, padded_bn.running_var)
+
+
+def test_conv_ignores_nan_in_padding() -> None:
+    conv = _build(lambda: MaskedConv1d(C, 3, 5, dilation=2))
+    batch = _layout([3, 6, 2, 5], 9)
+    seqs = _seqs([3, 6, 2, 5], 0)
+    out = conv(pack(seqs, batch, value=float("nan")), segment_ids=batch.segment_ids)
+    assert not out.isnan().any()
+    for s, got in zip(seqs, unpack(out, batch)):  # noqa: B905
+        torch.testing.assert_close(got, conv(s[None])[0], rtol=1e-10, atol=1e-10)
 
 
 def test_embedding_segment_ids() -> None:

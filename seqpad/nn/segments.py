@@ -164,31 +164,40 @@ def segment_conv1d(
 ) -> Tensor:
     """:func:`~seqpad.nn.functional.masked_conv1d` where each segment is a sequence.
 
-    The packed rows are convolved as a whole (values of other segments included), then
-    the few outputs whose receptive field crosses a segment boundary are recomputed from
-    their own segment's values only (other segments count as padding). Each segment thus
+    The packed rows are convolved as a whole (values of other segments and of padding
+    included), then the few outputs whose receptive field reaches another segment or
+    padding are recomputed from their own segment's values only (other segments count as
+    padding), and padding outputs are zeroed. Each segment thus
     gets what it gets alone. Finding those positions costs one host synchronisation.
 
     Shapes: x ``(B, C_in, L)``, segment_ids ``(B, L)`` -> ``(B, C_out, L)``, zero at padding.
     """
     _check_fits(x, segment_ids)
     m = segment_mask(segment_ids)
-    out = masked_conv1d(x, m, weight, bias, dilation=dilation, groups=groups, causal=causal)
     K = weight.shape[-1]
-    if K == 1 or x.shape[-1] == 0:
-        return out
+    if x.shape[-1] == 0:
+        return masked_conv1d(x, m, weight, bias, dilation=dilation, groups=groups,
+                             causal=causal)
     left, right = same_padding(K, dilation, causal)
+    # The rows as they are (padding not zeroed: every output that reads padding or another
+    # segment is recomputed below, and padding outputs are zeroed at the end).
+    if left == right:
+        out = F.conv1d(x, weight, bias, padding=left, dilation=dilation, groups=groups)
+    else:
+        out = F.conv1d(F.pad(x, (left, right)), weight, bias, dilation=dilation, groups=groups)
+    if K == 1:
+        return out.masked_fill(~m, 0)
     sid = segment_ids.long()
     L = sid.shape[1]
-    sp = F.pad(sid, (left, right))  # (B, L + left + right), 0 = padding / outside
+    sp = F.pad(sid, (left, right), value=-1)  # -1: outside the row (zero padding, fine)
     foreign = torch.zeros_like(sid, dtype=torch.bool)
     for k in range(K):
         tap = sp[:, k * dilation: k * dilation + L]
-        foreign |= (tap != sid) & (tap != 0)
+        foreign |= (tap != sid) & (tap >= 0)  # another segment, or padding
     foreign &= sid > 0
     b, t = torch.nonzero(foreign, as_tuple=True)  # host sync (size)
     if b.numel() == 0:
-        return out
+        return out.masked_fill(~m, 0)
     tk = t[:, None] + (torch.arange(K, device=x.device) * dilation - left)  # (n, K)
     tkc = tk.clamp(0, L - 1)
     keep = (tk == tkc) & (sid[b[:, None], tkc] == sid[b, t][:, None])  # own segment only
@@ -206,7 +215,7 @@ def segment_conv1d(
     # In place: ``out`` is a fresh result that no autograd node saved (no extra copy).
     chans = torch.arange(C_out, device=x.device)
     out.index_put_((b[:, None], chans[None, :], t[:, None]), y.to(out.dtype))
-    return out
+    return out.masked_fill(~m, 0)
 
 
 def segment_rnn(rnn: torch.nn.Module, x: Tensor, segment_ids: Tensor,

@@ -33,6 +33,10 @@ _EXPORTS: dict[str, str] = {
     "MaskedLMCollator": "seqpad.masked_lm",
     "mask_tokens": "seqpad.masked_lm",
     "TokenBudgetBatchSampler": "seqpad.samplers",
+    "PackingBatchSampler": "seqpad.packing",
+    "PackingCollator": "seqpad.packing",
+    "pack": "seqpad.packing",
+    "unpack": "seqpad.packing",
     "as_mask": "seqpad.masks",
     "lengths_to_mask": "seqpad.masks",
     "mask_to_lengths": "seqpad.masks",
@@ -44,6 +48,8 @@ __all__ = [
     "Collator",
     "FastaFormatError",
     "MaskedLMCollator",
+    "PackingBatchSampler",
+    "PackingCollator",
     "StoreError",
     "TokenBudgetBatchSampler",
     "TokenizedDataset",
@@ -55,8 +61,10 @@ __all__ = [
     "lengths_to_mask",
     "mask_to_lengths",
     "mask_tokens",
+    "pack",
     "pretrained_tokenizer",
     "read_fasta",
+    "unpack",
     "write_store",
 ]
 
@@ -66,6 +74,7 @@ if TYPE_CHECKING:
     from seqpad.fasta import FastaFormatError, read_fasta
     from seqpad.masked_lm import MaskedLMCollator, mask_tokens
     from seqpad.masks import as_mask, lengths_to_mask, mask_to_lengths
+    from seqpad.packing import PackingBatchSampler, PackingCollator, pack, unpack
     from seqpad.samplers import TokenBudgetBatchSampler
     from seqpad.store import StoreError, TokenizedDataset, write_store
     from seqpad.tokenizer import Tokenizer, UnknownSymbolError

@@ -47,6 +47,11 @@ class Batch:
         names: record names when the items carried them, else None.
         labels: ``(B, L)`` int64 masked-LM targets (original id at the chosen positions,
             -100 elsewhere) from :class:`~seqpad.masked_lm.MaskedLMCollator`, else None.
+        segment_ids: packed batches only (:class:`seqpad.PackingCollator`): ``(B, L)``
+            int32, ``1, 2, ...`` per sequence within a row, 0 at padding; then
+            ``lengths``, ``names``, ``rows`` and ``offsets`` are per *sequence* ``(N,)``.
+        rows / offsets: packed batches only: ``(N,)`` int64 row and first position of
+            each sequence (see :func:`seqpad.unpack`).
 
     ``L`` is the longest length (rounded up with ``pad_to_multiple_of``).
     :meth:`pin_memory` makes ``DataLoader(pin_memory=True)`` work; :meth:`to` moves it.
@@ -57,6 +62,9 @@ class Batch:
     lengths: Tensor
     names: list[str] | None = field(default=None)
     labels: Tensor | None = field(default=None)
+    segment_ids: Tensor | None = field(default=None)
+    rows: Tensor | None = field(default=None)
+    offsets: Tensor | None = field(default=None)
 
     def _map(self, fn: Any) -> Batch:
         """A copy with ``fn`` applied to every tensor field (other fields shared)."""

@@ -29,12 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seqpad.collate import Batch
 from seqpad.masks import as_mask
 from seqpad.nn.batchnorm import MaskedBatchNorm1d
 from seqpad.nn.conv import MaskedConv1d
 from seqpad.nn.embedding import MaskedEmbedding
 from seqpad.nn.pooling import MaskedMaxPool, MaskedMeanPool
 from seqpad.nn.rnn import MaskedGRU, MaskedLSTM
+from seqpad.nn.segments import segment_mask
 
 __all__ = [
     "ByteNetBlock",
@@ -185,16 +187,18 @@ class ByteNetBlock(nn.Module):
             self.conv = MaskedConv1d(d_model, d_model, kernel_size, dilation=dilation, causal=causal)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
         # Every convolution here reads the output of a masked batch norm followed by an
         # activation that maps 0 to 0, so its input is already zero at padding and its
         # outputs at real positions are exact without masking again; only the residual
         # branch's result is zeroed at padding, once per block.
-        m = as_mask(mask, x)
+        m = as_mask(mask, x) if segment_ids is None else segment_mask(segment_ids)
         h = x
         if self.bottleneck:
             h = self.conv_in(self.act_in(self.norm_in(h, m)))
-        h = self.conv(self.act(self.norm(h, m)))
+        # (1x1 convolutions never cross a segment boundary; the dilated one is told.)
+        h = self.conv(self.act(self.norm(h, m)), segment_ids=segment_ids)
         if self.bottleneck:
             h = self.conv_out(self.act_out(self.norm_out(h, m)))
         return x + self.dropout(_zero_padding(h, m))
@@ -238,9 +242,12 @@ class ByteNetEncoder(nn.Module):
         self.act = ACTIVATIONS[activation]()
         self.out_channels = d_model
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        if segment_ids is not None:
+            mask = segment_mask(segment_ids)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, segment_ids=segment_ids)
         return self.act(self.norm(x, mask))
 
 
@@ -276,8 +283,9 @@ class RNNEncoder(nn.Module):
         )
         self.out_channels = hidden_size * (2 if bidirectional else 1)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.rnn(x, mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        return self.rnn(x, mask, segment_ids=segment_ids)
 
 
 # ----------------------------------------------------------------------- heads
@@ -293,7 +301,10 @@ class TokenHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.proj = MaskedConv1d(d_in, n_out, 1)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        if segment_ids is not None:  # pointwise: the mask is all it needs
+            mask = segment_mask(segment_ids)
         # x comes from an encoder, zero at padding: no need to mask the 1x1 conv's input.
         return _zero_padding(self.proj(self.dropout(x)), as_mask(mask, x))
 
@@ -326,8 +337,10 @@ class PooledHead(nn.Module):
             nn.Linear(hidden, n_out),
         )
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.mlp(self.pool(x, mask))
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        """``(B, n_out)``; packed (``segment_ids``): ``(N, n_out)``, one row per sequence."""
+        return self.mlp(self.pool(x, mask, segment_ids=segment_ids))
 
 
 # ---------------------------------------------------------------------- models
@@ -406,27 +419,54 @@ class SequenceModel(nn.Module):
                 dropout=cfg["dropout"],
             )
 
-    def features(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Encoder output before the head: ``(B, L)`` ids -> ``(B, C, L)``, zero at padding."""
-        m = _resolve_mask(tokens, mask, self.pad_id)
-        return self.encoder(self.embed(tokens, m), m)
+    def _inputs(self, tokens: Tensor | Batch, mask: Tensor | None,
+                segment_ids: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``(tokens, mask, segment keyword)`` from ids or a :class:`~seqpad.collate.Batch`."""
+        if isinstance(tokens, Batch):
+            if mask is not None or segment_ids is not None:
+                raise TypeError("model(batch) takes the mask and segment_ids from the "
+                                "batch; do not pass them as well")
+            tokens, mask, segment_ids = tokens.tokens, tokens.mask, tokens.segment_ids
+        elif not isinstance(tokens, Tensor):
+            raise TypeError(f"{type(self).__name__} expects token ids (B, L) or a seqpad "
+                            f"Batch, got {type(tokens).__name__}")
+        if segment_ids is None:
+            return tokens, _resolve_mask(tokens, mask, self.pad_id), {}
+        _resolve_mask(tokens, None, self.pad_id)  # checks the ids' shape and dtype
+        if tuple(segment_ids.shape) != tuple(tokens.shape):
+            raise ValueError(f"segment_ids of shape {tuple(segment_ids.shape)} do not fit "
+                             f"tokens of shape {tuple(tokens.shape)}")
+        return tokens, segment_mask(segment_ids), {"segment_ids": segment_ids}
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    def features(self, tokens: Tensor | Batch, mask: Tensor | None = None, *,
+                 segment_ids: Tensor | None = None) -> Tensor:
+        """Encoder output before the head: ``(B, L)`` ids -> ``(B, C, L)``, zero at padding."""
+        tokens, m, seg = self._inputs(tokens, mask, segment_ids)
+        return self.encoder(self.embed(tokens, m), m, **seg)
+
+    def forward(self, tokens: Tensor | Batch, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
         """Run the model.
 
         Args:
-            tokens: ``(B, L)`` integer token ids (right-padded with ``pad_id``).
+            tokens: ``(B, L)`` integer token ids (right-padded with ``pad_id``), or a
+                :class:`~seqpad.collate.Batch` (``model(batch)``: its ``tokens``, ``mask``
+                and, when packed, ``segment_ids`` are used).
             mask: ``(B, 1, L)`` / ``(B, L)`` bool or 0/1, True at real tokens; defaults to
                 ``tokens != pad_id``. Positions where it is False are treated as padding
                 whatever token they hold.
+            segment_ids: ``(B, L)`` packed batches (:class:`seqpad.PackingCollator`):
+                ``1, 2, ...`` per sequence within a row, 0 at padding; replaces ``mask``.
+                Every sequence is then computed as if alone.
 
         Returns:
             ``head="token"``: ``(B, n_out, L)`` float, zero at padding;
-            ``head="pooled"``: ``(B, n_out)`` float.
+            ``head="pooled"``: ``(B, n_out)`` float; packed: ``(N, n_out)``, one row per
+            sequence in row order.
         """
-        m = _resolve_mask(tokens, mask, self.pad_id)
-        x = self.encoder(self.embed(tokens, m), m)
-        return self.head(x, m)
+        tokens, m, seg = self._inputs(tokens, mask, segment_ids)
+        x = self.encoder(self.embed(tokens, m), m, **seg)
+        return self.head(x, m, **seg)
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, head={self.config['head']!r}, n_out={self.config['n_out']}"
@@ -588,8 +628,10 @@ class _HybridEncoder(nn.Module):
         self.rnn = rnn
         self.out_channels = rnn.out_channels
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.rnn(self.cnn(x, mask), mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        h = self.cnn(x, mask, segment_ids=segment_ids)
+        return self.rnn(h, mask, segment_ids=segment_ids)
 
 
 class HybridModel(SequenceModel):

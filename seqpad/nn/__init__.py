@@ -1,9 +1,10 @@
 """Masked layers: each takes ``x`` as ``(B, C, L)`` and ``mask`` as ``(B, 1, L)``.
 
 With no padding (or ``mask=None``) every layer equals its native PyTorch counterpart.
+Packed batches: every layer also takes ``segment_ids=`` (see :mod:`seqpad.nn.segments`).
 """
 
-from seqpad.nn import functional
+from seqpad.nn import functional, segments
 from seqpad.nn.batchnorm import (
     MaskedBatchNorm1d,
     MaskedSyncBatchNorm1d,
@@ -28,4 +29,5 @@ __all__ = [
     "convert_masked_batchnorm",
     "convert_sync_batchnorm",
     "functional",
+    "segments",
 ]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from seqpad.nn import _batchnorm_triton
 from seqpad.nn.functional import masked_batch_norm
+from seqpad.nn.segments import segment_mask
 
 __all__ = [
     "MaskedBatchNorm1d",
@@ -64,7 +65,11 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def _process_group(self) -> object | None:
         return None
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,  # type: ignore[override]
+                segment_ids: Tensor | None = None) -> Tensor:
+        """Normalise ``x``; ``segment_ids`` ``(B, L)`` (packed) gives the mask ``> 0``."""
+        if segment_ids is not None:
+            mask = segment_mask(segment_ids)
         self._check_input_dim(x)
         # nn.BatchNorm1d's message (from its own size check) when C does not match
         stat = "running_mean" if self.track_running_stats else "weight" if self.affine else None

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from seqpad.nn.functional import masked_conv1d, same_padding
+from seqpad.nn.segments import segment_conv1d
 
 __all__ = ["MaskedConv1d"]
 
@@ -78,8 +79,17 @@ class MaskedConv1d(nn.Conv1d):
         """``(left, right)`` zero padding applied to each sequence in :meth:`forward`."""
         return same_padding(self.kernel_size[0], self.dilation[0], self.causal)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Convolve ``x`` ``(B, C_in, L)`` -> ``(B, C_out, L)``, zero at padding."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        """Convolve ``x`` ``(B, C_in, L)`` -> ``(B, C_out, L)``, zero at padding.
+
+        ``segment_ids`` ``(B, L)`` (packed batches; replaces ``mask``): other segments'
+        values count as padding (:func:`seqpad.nn.segments.segment_conv1d`).
+        """
+        if segment_ids is not None:
+            return segment_conv1d(x, segment_ids, self.weight, self.bias,
+                                  dilation=self.dilation[0], groups=self.groups,
+                                  causal=self.causal)
         return masked_conv1d(
             x,
             mask,

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from seqpad.nn.functional import masked_embedding
+from seqpad.nn.segments import segment_mask
 
 __all__ = ["MaskedEmbedding"]
 
@@ -41,6 +42,12 @@ class MaskedEmbedding(nn.Embedding):
             num_embeddings, embedding_dim, padding_idx=padding_idx, device=device, dtype=dtype
         )
 
-    def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        """Embed ``ids`` ``(B, L)`` -> ``(B, C, L)``, zero where ``mask`` is False."""
+    def forward(self, ids: Tensor, mask: Tensor | None = None, *,  # type: ignore[override]
+                segment_ids: Tensor | None = None) -> Tensor:
+        """Embed ``ids`` ``(B, L)`` -> ``(B, C, L)``, zero where ``mask`` is False.
+
+        ``segment_ids`` ``(B, L)`` (packed batches) gives the mask ``segment_ids > 0``.
+        """
+        if segment_ids is not None:
+            mask = segment_mask(segment_ids)
         return masked_embedding(ids, self.weight, self.padding_idx, mask)

@@ -1,5 +1,7 @@
 """Masked global pooling over the length axis: ``(B, C, L)`` + mask -> ``(B, C)``.
 
+With ``segment_ids`` ``(B, L)`` (packed batches): one vector per segment, ``(N, C)``.
+
 A sequence with no real positions pools to 0 (never NaN or -inf), with zero gradient.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from seqpad.nn.functional import masked_max, masked_mean, masked_sum
+from seqpad.nn.segments import segment_max, segment_mean, segment_sum
 
 __all__ = ["MaskedMaxPool", "MaskedMeanPool", "MaskedSumPool"]
 
@@ -20,7 +23,10 @@ class MaskedMeanPool(nn.Module):
         output: ``(B, C)``.
     """
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        if segment_ids is not None:  # packed: one vector per segment, (N, C)
+            return segment_mean(x, segment_ids)
         return masked_mean(x, mask)
 
 
@@ -32,7 +38,10 @@ class MaskedMaxPool(nn.Module):
         output: ``(B, C)``.
     """
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        if segment_ids is not None:  # packed: one vector per segment, (N, C)
+            return segment_max(x, segment_ids)
         return masked_max(x, mask)
 
 
@@ -44,5 +53,8 @@ class MaskedSumPool(nn.Module):
         output: ``(B, C)``.
     """
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *,
+                segment_ids: Tensor | None = None) -> Tensor:
+        if segment_ids is not None:  # packed: one vector per segment, (N, C)
+            return segment_sum(x, segment_ids)
         return masked_sum(x, mask)

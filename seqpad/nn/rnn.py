@@ -29,6 +29,11 @@ Under ``torch.compile`` a masked RNN layer runs eagerly behind a graph break, as
 still compile. Only packing (``return_state=True`` on the LSTM: the lengths go to the
 host) synchronises with an accelerator; the inter-layer dropout's one draw per real token
 is a hash of the token's index among the real tokens (no data-dependent sizes).
+With ``segment_ids`` ``(B, L)`` (packed batches) every segment is run as a sequence of
+its own (:func:`seqpad.nn.segments.segment_rnn`); states are per segment.
+
+Under ``torch.compile`` the packed path runs eagerly behind one graph break (packing
+needs the lengths on the host); the layers around it still compile.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqpad.masks import as_mask
+from seqpad.nn.segments import segment_rnn
 
 __all__ = ["MaskedGRU", "MaskedLSTM"]
 
@@ -399,9 +405,12 @@ class MaskedLSTM(nn.LSTM):
         return _extra_repr(self)
 
     def forward(  # type: ignore[override]
-        self, x: Tensor, mask: Tensor | None = None, *, return_state: bool = False
+        self, x: Tensor, mask: Tensor | None = None, *, return_state: bool = False,
+        segment_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Run ``x`` ``(B, C, L)`` -> ``(B, H * directions, L)`` [, ``(h_n, c_n)``]."""
+        if segment_ids is not None:  # packed: each segment run as its own sequence
+            return segment_rnn(self, x, segment_ids, return_state)  # type: ignore[return-value]
         return _masked_rnn_forward(self, super().forward, x, mask, return_state)  # type: ignore[return-value]
 
 
@@ -457,7 +466,10 @@ class MaskedGRU(nn.GRU):
         return _extra_repr(self)
 
     def forward(  # type: ignore[override]
-        self, x: Tensor, mask: Tensor | None = None, *, return_state: bool = False
+        self, x: Tensor, mask: Tensor | None = None, *, return_state: bool = False,
+        segment_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Run ``x`` ``(B, C, L)`` -> ``(B, H * directions, L)`` [, ``h_n``]."""
+        if segment_ids is not None:  # packed: each segment run as its own sequence
+            return segment_rnn(self, x, segment_ids, return_state)  # type: ignore[return-value]
         return _masked_rnn_forward(self, super().forward, x, mask, return_state)  # type: ignore[return-value]

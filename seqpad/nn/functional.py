@@ -20,6 +20,9 @@ __all__ = [
     "masked_conv1d",
     "masked_embedding",
     "masked_fill_padding",
+    "masked_group_norm",
+    "masked_instance_norm",
+    "masked_layer_norm_1d",
     "masked_max",
     "masked_mean",
     "masked_sum",
@@ -698,3 +701,354 @@ def masked_batch_norm(
         if m is not None:
             y = y.masked_fill(~m, 0)
     return y.squeeze(-1) if squeeze else y
+
+
+# ------------------------------------------- instance, group and layer normalisation
+#
+# Statistics per sample (or per packed segment) and group of channels, over real
+# positions only. Without segments the eager path is a custom autograd Function built
+# like the batch-norm one: per-channel masked sums as a batched matmul with the mask,
+# the variance from the centred values (two passes, never E[x^2] - E[x]^2), the centred
+# values scaled in place into x_hat, and the input gradient written in place into that
+# private buffer, so fwd + bwd allocate as many large tensors as the native op. With
+# ``segment_ids`` the statistics are gathered per (row, segment) with ``scatter_add``
+# into ``L + 1`` slots (no host sync for the number of segments) and differentiated by
+# autograd.
+
+
+def _check_3d(x: Tensor, what: str) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"{what} with a mask or segment_ids expects x (B, C, L); got shape "
+                         f"{tuple(x.shape)}")
+
+
+def _segment_mask(x: Tensor, segment_ids: Tensor) -> Tensor:
+    """``(B, 1, L)`` bool mask ``segment_ids > 0``, checking ``(B, L)`` integer ids fit ``x``."""
+    if segment_ids.dtype.is_floating_point or segment_ids.dtype == torch.bool:
+        raise ValueError(f"segment_ids must be integers, got dtype {segment_ids.dtype}")
+    if segment_ids.dim() != 2 or x.dim() != 3 or tuple(segment_ids.shape) != (x.shape[0], x.shape[2]):
+        raise ValueError(f"segment_ids of shape {tuple(segment_ids.shape)} do not fit x of shape "
+                         f"{tuple(x.shape)}: expected (B, L)")
+    return (segment_ids > 0).to(x.device).unsqueeze(1)
+
+
+def _per_channel(v: Tensor, c: int) -> Tensor:
+    """``(B, G)`` per-group values -> ``(B, C, 1)`` per channel (group-major channel order)."""
+    b, g = v.shape
+    return v.view(b, g, 1).expand(b, g, c // g).reshape(b, c, 1)
+
+
+def _per_group(v: Tensor, g: int) -> Tensor:
+    """``(B, C)`` per-channel values -> ``(B, G)`` sums over each group's channels."""
+    b, c = v.shape
+    return v.view(b, g, c // g).sum(dim=-1)
+
+
+def _rowwise_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum over L of a * b`` per (sample, channel): ``(B, C, L) x (B, C, L) -> (B, C)``.
+
+    The read-only reduction of ``native_batch_norm_backward`` on a ``(1, B * C, L)`` view.
+    """
+    bsz, c, length = a.shape
+    return _channel_dot(a.reshape(1, bsz * c, length), b.reshape(1, bsz * c, length)).view(bsz, c)
+
+
+class _MaskedGroupNormTrain(torch.autograd.Function):
+    """Group norm over real positions: ``num_groups = C`` is instance norm.
+
+    forward(x (B, C, L), mask (B, 1, L) bool, groups, weight, bias, eps)
+    -> (y like x, mean (B, G), biased var (B, G), count (B,) real positions); only y is
+    differentiable. Statistics in float32 for half / bfloat16 input.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        mask: Tensor,
+        groups: int,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        in_dtype = x.dtype
+        cd = _compute_dtype(in_dtype)
+        c = x.shape[1]
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(cd)
+            mf = mask.to(cd)
+            count = mf.sum(dim=-1)  # (B, 1), a tensor: no host sync
+            n = (count * (c // groups)).clamp_min(1)  # values per (sample, group)
+            if xc.device.type == "cpu":
+                s = torch.bmm(xc, mf.transpose(1, 2)).squeeze(-1)  # (B, C)
+                # inf / nan in padding makes the matmul sum non-finite (inf * 0 = nan);
+                # only then zero the padding first (free check on CPU, no device sync).
+                finite = bool(torch.isfinite(s).all())
+                if not finite:
+                    s = torch.bmm(xc.masked_fill(~mask, 0), mf.transpose(1, 2)).squeeze(-1)
+            else:
+                finite = False
+                s = torch.bmm(xc.masked_fill(~mask, 0), mf.transpose(1, 2)).squeeze(-1)
+            mean = _per_group(s, groups) / n  # (B, G)
+            xhat = torch.sub(xc, _per_channel(mean, c))
+            if finite:
+                xhat.mul_(mf)
+            else:
+                xhat.masked_fill_(~mask, 0)
+            var = _per_group(_rowwise_dot(xhat, xhat), groups) / n
+            invstd = torch.rsqrt(var + eps)
+            xhat.mul_(_per_channel(invstd, c))  # zero at padding
+            if weight is None and bias is None:
+                y = xhat if cd == in_dtype else xhat.to(in_dtype)
+            else:
+                scale = weight.to(cd).view(1, c, 1) if weight is not None else None
+                y = torch.mul(xhat, scale) if scale is not None else xhat.clone()
+                if bias is not None:
+                    y.addcmul_(bias.to(cd).view(1, c, 1), mf)
+                y = y.to(in_dtype)
+        # Backward reuses xhat's buffer for dx unless xhat is the returned output.
+        ctx.xhat = None if y is xhat else xhat
+        ctx.groups = groups
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.finite = finite
+        ctx.save_for_backward(x, mask, weight, mean, invstd, n, y if y is xhat else None)
+        count = count.squeeze(1)
+        ctx.mark_non_differentiable(mean, var, count)
+        return y, mean, var, count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, dy: Tensor, *_: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, mask, weight, mean, invstd, n, y_saved = ctx.saved_tensors
+        cd = mean.dtype
+        c = x.shape[1]
+        g = ctx.groups
+        with torch.autocast(x.device.type, enabled=False):
+            mf = mask.to(cd)
+            if y_saved is not None:
+                xhat, out = y_saved, None
+            else:
+                xhat, out = ctx.xhat, ctx.xhat
+                ctx.xhat = None
+                if xhat is None:  # backward through a retained graph: rebuild x_hat
+                    xhat = torch.sub(x.to(cd), _per_channel(mean, c)).mul_(_per_channel(invstd, c))
+                    xhat.masked_fill_(~mask, 0)
+                    out = xhat
+            dy = dy.to(cd)
+            sum_dy = torch.bmm(dy, mf.transpose(1, 2)).squeeze(-1)  # (B, C), real positions
+            sum_dy_xhat = _rowwise_dot(dy, xhat)  # x_hat is zero at padding
+            w = None if weight is None else weight.to(cd).view(1, c)
+            g1 = _per_group(sum_dy if w is None else sum_dy * w, g)
+            g2 = _per_group(sum_dy_xhat if w is None else sum_dy_xhat * w, g)
+            k1 = _per_channel(invstd, c)
+            if w is not None:
+                k1 = k1 * w.view(1, c, 1)
+            k2 = _per_channel(-invstd * g2 / n, c)
+            k3 = _per_channel(-invstd * g1 / n, c)
+            # dx = mask * (k1 * dy + k2 * x_hat + k3)
+            if out is None:
+                dx = torch.addcmul(k3, xhat, k2)
+            else:
+                dx = torch.addcmul(k3, xhat, k2, out=out)
+            dx.addcmul_(dy, k1)
+            if ctx.finite:
+                dx.mul_(mf)
+            else:
+                dx.masked_fill_(~mask, 0)
+            dx = dx.to(x.dtype)
+        grad_w = None
+        if weight is not None and ctx.needs_input_grad[3]:
+            grad_w = sum_dy_xhat.sum(dim=0).to(weight.dtype)
+        grad_b = None
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[4]:
+            grad_b = sum_dy.sum(dim=0).to(ctx.bias_dtype)
+        return dx, None, None, grad_w, grad_b, None
+
+
+def _segment_group_norm(
+    x: Tensor, segment_ids: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Group norm per (row, segment, group) of a packed batch, as differentiable ops.
+
+    Returns ``(y, mean, var, count)``: ``y`` like ``x``; ``mean`` / ``var`` ``(B, G, L + 1)``
+    and ``count`` ``(B, L + 1)`` indexed by segment id (slot 0, padding, has count 0).
+    """
+    cd = _compute_dtype(x.dtype)
+    b, c, length = x.shape
+    cg = c // groups
+    with torch.autocast(x.device.type, enabled=False):
+        m = _segment_mask(x, segment_ids)  # (B, 1, L)
+        idx = segment_ids.to(device=x.device, dtype=torch.long).masked_fill(~m.squeeze(1), 0)
+        idx_g = idx.unsqueeze(1).expand(b, groups, length)
+        xf = torch.where(m, x.to(cd), 0).view(b, groups, cg, length)
+        count = torch.zeros(b, length + 1, dtype=cd, device=x.device).scatter_add_(
+            1, idx, m.squeeze(1).to(cd))
+        n = (count * cg).clamp_min(1).unsqueeze(1)  # (B, 1, L + 1)
+        zeros = x.new_zeros((b, groups, length + 1), dtype=cd)
+        mean = zeros.scatter_add(2, idx_g, xf.sum(dim=2)) / n
+        t = xf - mean.gather(2, idx_g).unsqueeze(2)
+        t = torch.where(m.unsqueeze(1), t, 0)
+        var = zeros.scatter_add(2, idx_g, (t * t).sum(dim=2)) / n
+        invstd = torch.rsqrt(var + eps)
+        y = (t * invstd.gather(2, idx_g).unsqueeze(2)).view(b, c, length)
+        if weight is not None:
+            y = y * weight.to(cd).view(1, c, 1)
+        if bias is not None:
+            y = y + bias.to(cd).view(1, c, 1)
+        y = torch.where(m, y, 0).to(x.dtype)
+    return y, mean.detach(), var.detach(), count
+
+
+def _group_norm_train(
+    x: Tensor, mask: Tensor | None, segment_ids: Tensor | None, groups: int,
+    weight: Tensor | None, bias: Tensor | None, eps: float, what: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean (K, G), var (K, G), count (K,))`` over the K samples or segment slots."""
+    _check_3d(x, what)
+    if segment_ids is not None:
+        y, mean, var, count = _segment_group_norm(x, segment_ids, groups, weight, bias, eps)
+        k = mean.shape[0] * mean.shape[2]
+        return y, mean.transpose(1, 2).reshape(k, -1), var.transpose(1, 2).reshape(k, -1), count.reshape(k)
+    m = as_mask(mask, x)
+    if m is None:
+        m = torch.ones(x.shape[0], 1, x.shape[2], dtype=torch.bool, device=x.device)
+    return _MaskedGroupNormTrain.apply(x, m, groups, weight, bias, eps)
+
+
+def masked_group_norm(
+    x: Tensor,
+    mask: Tensor | None,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    segment_ids: Tensor | None = None,
+) -> Tensor:
+    """Group normalisation over the real positions of each sample (or packed segment).
+
+    Channels are split into ``num_groups`` consecutive groups; each (sample, group) is
+    normalised with the mean and biased variance of its values at real positions, then
+    ``weight`` / ``bias`` are applied per channel. With ``segment_ids`` the statistics
+    are per (sample, segment, group), so each packed sequence gets what it gets alone.
+    A sample or segment with no real position gives zeros, never NaN. The output is zero
+    at padding and no gradient reaches padded inputs. Without a mask (or with an
+    all-True one) this equals :func:`torch.nn.functional.group_norm`.
+
+    Args:
+        x: ``(B, C, L)`` floating tensor, ``C`` divisible by ``num_groups``.
+        mask: anything :func:`seqpad.masks.as_mask` accepts, or None (no padding).
+        num_groups: ``G``.
+        weight, bias: ``(C,)`` or None.
+        segment_ids: ``(B, L)`` integer (packed batches): ``1, 2, ...`` per sequence
+            within a row, 0 at padding; replaces ``mask`` (real = ``segment_ids > 0``).
+
+    Returns:
+        Tensor like ``x``; statistics in float32 for half / bfloat16 input (also under
+        ``torch.autocast``), output in ``x``'s dtype.
+    """
+    if x.shape[1] % num_groups:
+        raise ValueError(f"num_channels ({x.shape[1]}) must be divisible by num_groups ({num_groups})")
+    return _group_norm_train(x, mask, segment_ids, num_groups, weight, bias, eps,
+                             "masked_group_norm")[0]
+
+
+def _update_instance_running_stats(
+    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, count: Tensor,
+    momentum: float,
+) -> None:
+    """Move the running stats towards the average over samples (segments) with real positions.
+
+    As :func:`torch.nn.functional.instance_norm`: each sample counts once, its variance
+    unbiased by ``n / (n - 1)`` (``n / max(n - 1, 1)`` here, so one real position gives
+    variance 0); samples with no real position are left out, and a batch without any
+    leaves the running statistics untouched. Done with tensors only: no host sync.
+    """
+    with torch.no_grad():
+        cnt = count.to(mean.dtype).unsqueeze(1)  # (K, 1)
+        valid = (cnt > 0).to(mean.dtype)
+        k = valid.sum()
+        unbiased = var * cnt / (cnt - 1).clamp_min(1)
+        avg_mean = (mean * valid).sum(dim=0) / k.clamp_min(1)
+        avg_var = (unbiased * valid).sum(dim=0) / k.clamp_min(1)
+        factor = (k > 0).to(running_mean.dtype) * momentum
+        running_mean.lerp_(avg_mean.to(running_mean.dtype), factor)
+        running_var.lerp_(avg_var.to(running_var.dtype), factor)
+
+
+def masked_instance_norm(
+    x: Tensor,
+    mask: Tensor | None,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    segment_ids: Tensor | None = None,
+) -> Tensor:
+    """Instance normalisation over the real positions of each sample (or packed segment).
+
+    ``use_input_stats`` (training, or no running statistics): every (sample, channel) is
+    normalised with the mean and biased variance of its real positions (per segment
+    with ``segment_ids``); ``running_mean`` / ``running_var``, if given, move by
+    ``momentum`` towards the average over samples of those means and unbiased variances
+    (as :func:`torch.nn.functional.instance_norm` does; samples without real positions
+    are left out). Otherwise the running statistics normalise. Output zero at padding,
+    no gradient into padding, zeros (never NaN) for an all-padding sample.
+
+    Args:
+        x: ``(B, C, L)`` floating tensor.
+        mask: anything :func:`seqpad.masks.as_mask` accepts, or None (no padding).
+        running_mean, running_var: ``(C,)`` buffers updated in place, or None.
+        weight, bias: ``(C,)`` or None.
+        segment_ids: ``(B, L)`` integer (packed batches), 0 at padding; replaces ``mask``.
+
+    Returns:
+        Tensor like ``x``; statistics in float32 for half / bfloat16 input.
+    """
+    if not use_input_stats and running_mean is not None and running_var is not None:
+        _check_3d(x, "masked_instance_norm")
+        m = _segment_mask(x, segment_ids) if segment_ids is not None else as_mask(mask, x)
+        y = F.instance_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+        return y if m is None else y.masked_fill(~m, 0)
+    y, mean, var, count = _group_norm_train(x, mask, segment_ids, x.shape[1], weight, bias, eps,
+                                            "masked_instance_norm")
+    if running_mean is not None and running_var is not None:
+        _update_instance_running_stats(running_mean, running_var, mean, var, count, momentum)
+    return y
+
+
+def masked_layer_norm_1d(
+    x: Tensor,
+    mask: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    segment_ids: Tensor | None = None,
+) -> Tensor:
+    """Layer normalisation over the channels of each position: ``(B, C, L)`` -> ``(B, C, L)``.
+
+    Equals :func:`torch.nn.functional.layer_norm` over ``C`` of ``x.transpose(1, 2)``
+    (transposed back) at real positions; zero at padding, with no gradient into padding
+    (padded inputs are zeroed first, so NaN / inf there cannot leak). Positions are
+    independent, so with ``segment_ids`` only the mask ``segment_ids > 0`` matters.
+    Statistics in float32 for half / bfloat16 input (the native kernels accumulate in
+    float32), output in ``x``'s dtype.
+    """
+    m = _segment_mask(x, segment_ids) if segment_ids is not None else as_mask(mask, x)
+    if m is not None:
+        x = x.masked_fill(~m, 0)
+    with torch.autocast(x.device.type, enabled=False):
+        if weight is not None and weight.dtype != x.dtype:
+            weight = weight.to(x.dtype)
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
+        y = F.layer_norm(x.transpose(1, 2), (x.shape[1],), weight, bias, eps).transpose(1, 2)
+    return y if m is None else y.masked_fill(~m, 0)

@@ -759,6 +759,10 @@ class _MaskedGroupNormTrain(torch.autograd.Function):
     forward(x (B, C, L), mask (B, 1, L) bool, groups, weight, bias, eps)
     -> (y like x, mean (B, G), biased var (B, G), count (B,) real positions); only y is
     differentiable. Statistics in float32 for half / bfloat16 input.
+
+    The forward pass keeps one large buffer: the centred values ``t = (x - mean) * mask``
+    (scaled in place into the output ``x_hat`` when there is no affine transform and no
+    dtype cast); the backward pass writes the input gradient into it when it is private.
     """
 
     @staticmethod
@@ -790,28 +794,30 @@ class _MaskedGroupNormTrain(torch.autograd.Function):
                 finite = False
                 s = torch.bmm(xc.masked_fill(~mask, 0), mf.transpose(1, 2)).squeeze(-1)
             mean = _per_group(s, groups) / n  # (B, G)
-            xhat = torch.sub(xc, _per_channel(mean, c))
+            t = torch.sub(xc, _per_channel(mean, c))
             if finite:
-                xhat.mul_(mf)
+                t.mul_(mf)
             else:
-                xhat.masked_fill_(~mask, 0)
-            var = _per_group(_rowwise_dot(xhat, xhat), groups) / n
+                t.masked_fill_(~mask, 0)
+            var = _per_group(_rowwise_dot(t, t), groups) / n
             invstd = torch.rsqrt(var + eps)
-            xhat.mul_(_per_channel(invstd, c))  # zero at padding
-            if weight is None and bias is None:
-                y = xhat if cd == in_dtype else xhat.to(in_dtype)
+            r = _per_channel(invstd, c)  # (B, C, 1)
+            if weight is None and bias is None and cd == in_dtype:
+                y = t.mul_(r)  # x_hat, returned and saved: backward allocates dx
+                buf_is_xhat = True
             else:
-                scale = weight.to(cd).view(1, c, 1) if weight is not None else None
-                y = torch.mul(xhat, scale) if scale is not None else xhat.clone()
+                scale = r if weight is None else r * weight.to(cd).view(1, c, 1)
+                y = torch.mul(t, scale)
                 if bias is not None:
                     y.addcmul_(bias.to(cd).view(1, c, 1), mf)
                 y = y.to(in_dtype)
-        # Backward reuses xhat's buffer for dx unless xhat is the returned output.
-        ctx.xhat = None if y is xhat else xhat
+                buf_is_xhat = False
+        ctx.t = None if buf_is_xhat else t  # private: reused for dx by the first backward
+        ctx.buf_is_xhat = buf_is_xhat
         ctx.groups = groups
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.finite = finite
-        ctx.save_for_backward(x, mask, weight, mean, invstd, n, y if y is xhat else None)
+        ctx.save_for_backward(x, mask, weight, mean, invstd, n, y if buf_is_xhat else None)
         count = count.squeeze(1)
         ctx.mark_non_differentiable(mean, var, count)
         return y, mean, var, count
@@ -827,31 +833,30 @@ class _MaskedGroupNormTrain(torch.autograd.Function):
         g = ctx.groups
         with torch.autocast(x.device.type, enabled=False):
             mf = mask.to(cd)
-            if y_saved is not None:
-                xhat, out = y_saved, None
+            r = _per_channel(invstd, c)
+            if ctx.buf_is_xhat:
+                buf, out, to_xhat = y_saved, None, None  # buf = x_hat
             else:
-                xhat, out = ctx.xhat, ctx.xhat
-                ctx.xhat = None
-                if xhat is None:  # backward through a retained graph: rebuild x_hat
-                    xhat = torch.sub(x.to(cd), _per_channel(mean, c)).mul_(_per_channel(invstd, c))
-                    xhat.masked_fill_(~mask, 0)
-                    out = xhat
+                buf = out = ctx.t  # buf = t = x_hat / invstd
+                ctx.t = None
+                if buf is None:  # backward through a retained graph: rebuild t
+                    buf = out = torch.sub(x.to(cd), _per_channel(mean, c)).masked_fill_(~mask, 0)
+                to_xhat = r
             dy = dy.to(cd)
             sum_dy = torch.bmm(dy, mf.transpose(1, 2)).squeeze(-1)  # (B, C), real positions
-            sum_dy_xhat = _rowwise_dot(dy, xhat)  # x_hat is zero at padding
+            sum_dy_xhat = _rowwise_dot(dy, buf)  # buf is zero at padding
+            if to_xhat is not None:
+                sum_dy_xhat = sum_dy_xhat * invstd.repeat_interleave(c // g, dim=1)
             w = None if weight is None else weight.to(cd).view(1, c)
             g1 = _per_group(sum_dy if w is None else sum_dy * w, g)
             g2 = _per_group(sum_dy_xhat if w is None else sum_dy_xhat * w, g)
-            k1 = _per_channel(invstd, c)
-            if w is not None:
-                k1 = k1 * w.view(1, c, 1)
+            k1 = r if w is None else r * w.view(1, c, 1)
             k2 = _per_channel(-invstd * g2 / n, c)
+            if to_xhat is not None:
+                k2 = k2 * to_xhat
             k3 = _per_channel(-invstd * g1 / n, c)
-            # dx = mask * (k1 * dy + k2 * x_hat + k3)
-            if out is None:
-                dx = torch.addcmul(k3, xhat, k2)
-            else:
-                dx = torch.addcmul(k3, xhat, k2, out=out)
+            # dx = mask * (k1 * dy + k2 * buf + k3)
+            dx = torch.addcmul(k3, buf, k2) if out is None else torch.addcmul(k3, buf, k2, out=out)
             dx.addcmul_(dy, k1)
             if ctx.finite:
                 dx.mul_(mf)

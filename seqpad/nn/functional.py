@@ -750,6 +750,8 @@ def _rowwise_dot(a: Tensor, b: Tensor) -> Tensor:
     The read-only reduction of ``native_batch_norm_backward`` on a ``(1, B * C, L)`` view.
     """
     bsz, c, length = a.shape
+    if a.numel() == 0:  # native_batch_norm_backward divides by the size
+        return a.new_zeros((bsz, c))
     return _channel_dot(a.reshape(1, bsz * c, length), b.reshape(1, bsz * c, length)).view(bsz, c)
 
 

@@ -874,39 +874,119 @@ class _MaskedGroupNormTrain(torch.autograd.Function):
         return dx, None, None, grad_w, grad_b, None
 
 
+class _SegmentGroupNormTrain(torch.autograd.Function):
+    """Group norm per (row, segment, group) of a packed batch.
+
+    forward(x (B, C, L), idx (B, L) long segment ids with 0 at padding, mask (B, 1, L),
+    groups, weight, bias, eps) -> (y, mean (B, G, L + 1), var (B, G, L + 1), count
+    (B, L + 1)), statistics indexed by segment id (slot 0 collects padding and is zeroed).
+    Per-segment sums are ``scatter_add`` into ``L + 1`` slots, so the number of segments
+    is never needed on the host; per-position statistics come back with ``gather``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        idx: Tensor,
+        mask: Tensor,
+        groups: int,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        in_dtype = x.dtype
+        cd = _compute_dtype(in_dtype)
+        b, c, length = x.shape
+        g, cg = groups, c // groups
+        with torch.autocast(x.device.type, enabled=False):
+            xc = x.to(cd)
+            mf = mask.to(cd)
+            idx_g = idx.view(b, 1, length).expand(b, g, length)
+            count = torch.zeros(b, length + 1, dtype=cd, device=x.device).scatter_add_(
+                1, idx, mf.view(b, length))
+            n = (count * cg).clamp_min(1).unsqueeze(1)  # (B, 1, L + 1)
+            per_pos = xc if cg == 1 else xc.view(b, g, cg, length).sum(dim=2)
+            # Padding (and whatever it holds, NaN included) lands in slot 0 only.
+            mean = torch.zeros(b, g, length + 1, dtype=cd, device=x.device).scatter_add_(
+                2, idx_g, per_pos) / n
+            mean[:, :, 0] = 0
+            t = torch.sub(xc.view(b, g, cg, length), mean.gather(2, idx_g).unsqueeze(2))
+            t = t.view(b, c, length).masked_fill_(~mask, 0)
+            sq = torch.mul(t, t)
+            sq = sq if cg == 1 else sq.view(b, g, cg, length).sum(dim=2)
+            var = torch.zeros_like(mean).scatter_add_(2, idx_g, sq) / n
+            del sq
+            invstd = torch.rsqrt(var + eps)
+            invstd[:, :, 0] = 0
+            rpos = invstd.gather(2, idx_g)  # (B, G, L), 0 at padding
+            t.view(b, g, cg, length).mul_(rpos.unsqueeze(2))  # x_hat, zero at padding
+            if weight is None and bias is None and cd == in_dtype:
+                y, private = t, False
+            else:
+                y = t.clone() if weight is None else torch.mul(t, weight.to(cd).view(1, c, 1))
+                if bias is not None:
+                    y.addcmul_(bias.to(cd).view(1, c, 1), mf)
+                y, private = y.to(in_dtype), True
+        ctx.xhat = t if private else None
+        ctx.groups = groups
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(idx, mask, weight, rpos, n, None if private else y)
+        ctx.mark_non_differentiable(mean, var, count)
+        return y, mean, var, count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, dy: Tensor, *_: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        idx, mask, weight, rpos, n, y_saved = ctx.saved_tensors
+        if y_saved is None and ctx.xhat is None:
+            raise RuntimeError("backward through the packed norm a second time is not supported; "
+                               "it frees its buffer after the first backward")
+        xhat = ctx.xhat if y_saved is None else y_saved
+        ctx.xhat = None
+        cd = rpos.dtype
+        b, c, length = xhat.shape
+        g = ctx.groups
+        cg = c // g
+        with torch.autocast(dy.device.type, enabled=False):
+            dyc = dy.to(cd).masked_fill(~mask, 0)
+            dxhat = dyc if weight is None else dyc * weight.to(cd).view(1, c, 1)
+            idx_g = idx.view(b, 1, length).expand(b, g, length)
+            prod = torch.mul(dxhat, xhat)
+            grad_w = None
+            if weight is not None and ctx.needs_input_grad[4]:
+                grad_w = _rowwise_dot(dyc, xhat).sum(dim=0).to(weight.dtype)
+            grad_b = None
+            if ctx.bias_dtype is not None and ctx.needs_input_grad[5]:
+                grad_b = dyc.sum(dim=(0, 2)).to(ctx.bias_dtype)
+
+            def seg_sum(v: Tensor) -> Tensor:
+                v = v if cg == 1 else v.view(b, g, cg, length).sum(dim=2)
+                return torch.zeros(b, g, length + 1, dtype=cd, device=v.device).scatter_add_(
+                    2, idx_g, v) / n
+
+            k2 = seg_sum(prod).neg_().gather(2, idx_g).unsqueeze(2)  # -G2 / N per position
+            del prod
+            k3 = seg_sum(dxhat).neg_().gather(2, idx_g).unsqueeze(2)  # -G1 / N
+            # dx = invstd * (dxhat - G1 / N - x_hat * G2 / N), zero at padding (invstd 0 there)
+            out = ctx_out = xhat if y_saved is None else torch.empty_like(xhat)
+            torch.addcmul(k3, xhat.view(b, g, cg, length), k2, out=ctx_out.view(b, g, cg, length))
+            out.add_(dxhat)
+            out.view(b, g, cg, length).mul_(rpos.unsqueeze(2))
+            dx = out.to(dy.dtype)
+        return dx, None, None, None, grad_w, grad_b, None
+
+
 def _segment_group_norm(
     x: Tensor, segment_ids: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Group norm per (row, segment, group) of a packed batch, as differentiable ops.
-
-    Returns ``(y, mean, var, count)``: ``y`` like ``x``; ``mean`` / ``var`` ``(B, G, L + 1)``
-    and ``count`` ``(B, L + 1)`` indexed by segment id (slot 0, padding, has count 0).
-    """
-    cd = _compute_dtype(x.dtype)
-    b, c, length = x.shape
-    cg = c // groups
-    with torch.autocast(x.device.type, enabled=False):
-        m = _segment_mask(x, segment_ids)  # (B, 1, L)
-        idx = segment_ids.to(device=x.device, dtype=torch.long).masked_fill(~m.squeeze(1), 0)
-        idx_g = idx.unsqueeze(1).expand(b, groups, length)
-        xf = torch.where(m, x.to(cd), 0).view(b, groups, cg, length)
-        count = torch.zeros(b, length + 1, dtype=cd, device=x.device).scatter_add_(
-            1, idx, m.squeeze(1).to(cd))
-        n = (count * cg).clamp_min(1).unsqueeze(1)  # (B, 1, L + 1)
-        zeros = x.new_zeros((b, groups, length + 1), dtype=cd)
-        mean = zeros.scatter_add(2, idx_g, xf.sum(dim=2)) / n
-        t = xf - mean.gather(2, idx_g).unsqueeze(2)
-        t = torch.where(m.unsqueeze(1), t, 0)
-        var = zeros.scatter_add(2, idx_g, (t * t).sum(dim=2)) / n
-        invstd = torch.rsqrt(var + eps)
-        y = (t * invstd.gather(2, idx_g).unsqueeze(2)).view(b, c, length)
-        if weight is not None:
-            y = y * weight.to(cd).view(1, c, 1)
-        if bias is not None:
-            y = y + bias.to(cd).view(1, c, 1)
-        y = torch.where(m, y, 0).to(x.dtype)
-    return y, mean.detach(), var.detach(), count
+    """Group norm per (row, segment, group) of a packed batch: see :class:`_SegmentGroupNormTrain`."""
+    m = _segment_mask(x, segment_ids)
+    idx = segment_ids.to(device=x.device, dtype=torch.long).masked_fill(~m.squeeze(1), 0)
+    return _SegmentGroupNormTrain.apply(x, idx, m, groups, weight, bias, eps)
 
 
 def _group_norm_train(

@@ -296,10 +296,13 @@ def test_packed_running_stats_equal_padded() -> None:
     torch.testing.assert_close(packed.running_var, padded.running_var, atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("norm", ["batch", "instance", "group", "layer"])
+@pytest.mark.parametrize("norm", ["batch", "instance", "group", "layer", "hybrid-instance"])
 def test_build_model_norm_option_trains(norm: str) -> None:
     torch.manual_seed(0)
-    cfg = {"arch": "cnn", "vocab_size": 8, "d_model": 8, "n_layers": 2, "norm": norm}
+    arch = "cnn"
+    if norm.startswith("hybrid-"):
+        arch, norm = "hybrid", norm.split("-", 1)[1]
+    cfg = {"arch": arch, "vocab_size": 8, "d_model": 8, "n_layers": 2, "norm": norm}
     if norm == "group":
         cfg["norm_groups"] = 2
     model = build_model(cfg)
@@ -315,6 +318,22 @@ def test_build_model_norm_option_trains(norm: str) -> None:
     opt.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    if norm != "batch":  # per-sample norms: outputs do not depend on batch mates in train mode
+        torch.testing.assert_close(model(tokens)[1:2, :, :7], model(tokens[1:2, :7]),
+                                   atol=1e-5, rtol=1e-5)
     model.eval()  # padding invariance holds in eval mode with every norm
+    with pytest.raises(ValueError, match="norm"):
+        build_model({**cfg, "norm": "weight"})
     alone = model(tokens[1:2, :7])
     torch.testing.assert_close(model(tokens)[1:2, :, :7], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_build_model_norm_groups_validation() -> None:
+    base = {"arch": "cnn", "vocab_size": 8, "d_model": 12}
+    with pytest.raises(ValueError, match="norm_groups"):
+        build_model({**base, "norm": "group", "norm_groups": 5})
+    with pytest.raises(ValueError, match="norm_groups"):
+        build_model({**base, "norm": "instance", "norm_groups": 2})
+    with pytest.raises(ValueError, match="norm"):
+        build_model({"arch": "rnn", "vocab_size": 8, "norm": "layer"})
+    assert build_model({**base, "norm": "group", "norm_groups": 3}).config["norm_groups"] == 3

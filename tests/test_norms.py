@@ -337,3 +337,31 @@ def test_build_model_norm_groups_validation() -> None:
     with pytest.raises(ValueError, match="norm"):
         build_model({"arch": "rnn", "vocab_size": 8, "norm": "layer"})
     assert build_model({**base, "norm": "group", "norm_groups": 3}).config["norm_groups"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["instance", "group", "layer"])
+def test_cuda_matches_cpu(kind: str) -> None:
+    """The accelerator path (padding always zeroed, no host sync) equals the CPU one."""
+    gen = torch.Generator().manual_seed(6)
+    make = {"instance": lambda: MaskedInstanceNorm1d(8, affine=True, track_running_stats=True),
+            "group": lambda: MaskedGroupNorm(2, 8), "layer": lambda: MaskedLayerNorm1d(8)}[kind]
+    cpu, gpu = make(), make().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(3, 8, 10, generator=gen)
+    x[2, :, 4:] = float("nan")
+    mask = lengths_to_mask([10, 6, 4], 10)
+    g = torch.randn(3, 8, 10, generator=gen)
+    xc, xg = x.clone().requires_grad_(), x.cuda().requires_grad_()
+    yc, yg = cpu(xc, mask), gpu(xg, mask.cuda())
+    yc.backward(g), yg.backward(g.cuda())
+    torch.testing.assert_close(yg.cpu(), yc, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, atol=1e-5, rtol=1e-5)
+    for key, value in cpu.state_dict().items():
+        torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, atol=1e-5, rtol=1e-5)
+    seg = torch.tensor([[1] * 5 + [2] * 5, [1] * 6 + [0] * 4, [1] * 4 + [0] * 6])
+    torch.testing.assert_close(gpu(xg, segment_ids=seg.cuda()).cpu(), cpu(xc, segment_ids=seg),
+                               atol=1e-5, rtol=1e-5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        yb = gpu(xg.detach().bfloat16(), mask.cuda())
+    assert yb.dtype == torch.bfloat16 and torch.isfinite(yb).all()

@@ -858,7 +858,9 @@ class _MaskedGroupNormTrain(torch.autograd.Function):
                 k2 = k2 * to_xhat
             k3 = _per_channel(-invstd * g1 / n, c)
             # dx = mask * (k1 * dy + k2 * buf + k3)
-            dx = torch.addcmul(k3, buf, k2) if out is None else torch.addcmul(k3, buf, k2, out=out)
+            # (in place as mul_ + add_: about twice as fast on CPU as addcmul with out=)
+            dx = torch.mul(buf, k2) if out is None else out.mul_(k2)
+            dx.add_(k3)
             dx.addcmul_(dy, k1)
             if ctx.finite:
                 dx.mul_(mf)

@@ -164,8 +164,9 @@ class ByteNetBlock(nn.Module):
     dilated conv (h -> h, k) -> BN -> act -> 1x1 conv (h -> d))``; otherwise
     ``x + W(BN -> act -> dilated conv (d -> d, k))``. ``W`` is dropout, active in train mode
     only. Norms are :class:`~seqpad.nn.batchnorm.MaskedBatchNorm1d` (statistics over real
-    tokens only; ``norm`` picks instance, group or layer norm instead, see :func:`_norm_layer`); convolutions are :class:`~seqpad.nn.conv.MaskedConv1d` with 'same' (or
-    causal) zero padding of each sequence.
+    tokens only; ``norm`` picks instance, group or layer norm instead, see
+    :func:`_norm_layer`); convolutions are :class:`~seqpad.nn.conv.MaskedConv1d` with
+    'same' (or causal) zero padding of each sequence.
 
     Shape:
         x: ``(B, d_model, L)``, zero at padding (as every seqpad block leaves it; the

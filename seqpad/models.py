@@ -34,6 +34,7 @@ from seqpad.masks import as_mask
 from seqpad.nn.batchnorm import MaskedBatchNorm1d
 from seqpad.nn.conv import MaskedConv1d
 from seqpad.nn.embedding import MaskedEmbedding
+from seqpad.nn.norm import MaskedGroupNorm, MaskedInstanceNorm1d, MaskedLayerNorm1d
 from seqpad.nn.pooling import MaskedMaxPool, MaskedMeanPool
 from seqpad.nn.rnn import MaskedGRU, MaskedLSTM
 from seqpad.nn.segments import segment_mask
@@ -59,6 +60,7 @@ ARCHS = ("cnn", "rnn", "hybrid")
 HEADS = ("token", "pooled")
 POOLINGS = ("mean", "max")
 RNN_TYPES = ("lstm", "gru")
+NORMS = ("batch", "instance", "group", "layer")
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     # Each maps 0 to 0, so a block input that is zero at padding stays zero there.
     "relu": nn.ReLU,
@@ -137,6 +139,25 @@ def _zero_padding(h: Tensor, mask: Tensor | None) -> Tensor:
     return h * mask.to(h.dtype)
 
 
+def _norm_layer(norm: str, channels: int, groups: int = 8) -> nn.Module:
+    """The masked norm a CNN block uses: ``norm`` is one of :data:`NORMS`.
+
+    "batch": :class:`MaskedBatchNorm1d`; "instance": :class:`MaskedInstanceNorm1d` with
+    ``affine=True`` (no running statistics, as ``nn.InstanceNorm1d``'s default); "group":
+    :class:`MaskedGroupNorm` with ``groups`` groups; "layer": :class:`MaskedLayerNorm1d`
+    (over channels, per position). Each is called ``norm(x, mask)``.
+    """
+    if norm == "batch":
+        return MaskedBatchNorm1d(channels)
+    if norm == "instance":
+        return MaskedInstanceNorm1d(channels, affine=True)
+    if norm == "group":
+        return MaskedGroupNorm(groups, channels)
+    if norm == "layer":
+        return MaskedLayerNorm1d(channels)
+    raise ValueError(f"model config: 'norm' must be one of {list(NORMS)}, got {norm!r}")
+
+
 # ---------------------------------------------------------------------- blocks
 class ByteNetBlock(nn.Module):
     """Pre-activation residual block with a dilated masked convolution (ByteNet).
@@ -145,8 +166,9 @@ class ByteNetBlock(nn.Module):
     dilated conv (h -> h, k) -> BN -> act -> 1x1 conv (h -> d))``; otherwise
     ``x + W(BN -> act -> dilated conv (d -> d, k))``. ``W`` is dropout, active in train mode
     only. Norms are :class:`~seqpad.nn.batchnorm.MaskedBatchNorm1d` (statistics over real
-    tokens only); convolutions are :class:`~seqpad.nn.conv.MaskedConv1d` with 'same' (or
-    causal) zero padding of each sequence.
+    tokens only; ``norm`` picks instance, group or layer norm instead, see
+    :func:`_norm_layer`); convolutions are :class:`~seqpad.nn.conv.MaskedConv1d` with
+    'same' (or causal) zero padding of each sequence.
 
     Shape:
         x: ``(B, d_model, L)``, zero at padding (as every seqpad block leaves it; the
@@ -166,23 +188,25 @@ class ByteNetBlock(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         causal: bool = False,
+        norm: str = "batch",
+        norm_groups: int = 8,
     ) -> None:
         super().__init__()
         act = ACTIVATIONS[activation]
         self.bottleneck = bottleneck
         if bottleneck:
             h = d_hidden if d_hidden is not None else max(1, d_model // 2)
-            self.norm_in = MaskedBatchNorm1d(d_model)
+            self.norm_in = _norm_layer(norm, d_model, norm_groups)
             self.act_in = act()
             self.conv_in = MaskedConv1d(d_model, h, 1)
-            self.norm = MaskedBatchNorm1d(h)
+            self.norm = _norm_layer(norm, h, norm_groups)
             self.act = act()
             self.conv = MaskedConv1d(h, h, kernel_size, dilation=dilation, causal=causal)
-            self.norm_out = MaskedBatchNorm1d(h)
+            self.norm_out = _norm_layer(norm, h, norm_groups)
             self.act_out = act()
             self.conv_out = MaskedConv1d(h, d_model, 1)
         else:
-            self.norm = MaskedBatchNorm1d(d_model)
+            self.norm = _norm_layer(norm, d_model, norm_groups)
             self.act = act()
             self.conv = MaskedConv1d(d_model, d_model, kernel_size, dilation=dilation, causal=causal)
         self.dropout = nn.Dropout(dropout)
@@ -223,6 +247,8 @@ class ByteNetEncoder(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         causal: bool = False,
+        norm: str = "batch",
+        norm_groups: int = 8,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
@@ -235,10 +261,12 @@ class ByteNetEncoder(nn.Module):
                 activation=activation,
                 dropout=dropout,
                 causal=causal,
+                norm=norm,
+                norm_groups=norm_groups,
             )
             for d in dilations
         )
-        self.norm = MaskedBatchNorm1d(d_model)
+        self.norm = _norm_layer(norm, d_model, norm_groups)
         self.act = ACTIVATIONS[activation]()
         self.out_channels = d_model
 
@@ -481,9 +509,12 @@ def _cnn_keys(
     d_hidden: int | None,
     causal: bool,
     d_model: int,
+    norm: str = "batch",
+    norm_groups: int | None = None,
 ) -> dict[str, Any]:
     """Validate and resolve the CNN keys; ``dilations`` comes back as an explicit list."""
     _int("kernel_size", kernel_size)
+    _choice("norm", norm, NORMS)
     _bool("bottleneck", bottleneck)
     _bool("causal", causal)
     if dilations is not None:
@@ -513,6 +544,16 @@ def _cnn_keys(
     if bottleneck:
         cfg["d_hidden"] = h
     cfg["causal"] = causal
+    cfg["norm"] = norm
+    if norm == "group":
+        groups = _int("norm_groups", norm_groups if norm_groups is not None else 8)
+        for width in (d_model, h) if bottleneck else (d_model,):
+            if width % groups:
+                raise ValueError(f"model config: 'norm_groups' ({groups}) must divide every "
+                                 f"norm width (d_model, d_hidden); {width} is not divisible")
+        cfg["norm_groups"] = groups
+    elif norm_groups is not None:
+        raise ValueError("model config: 'norm_groups' applies only with 'norm': 'group'")
     return cfg
 
 
@@ -547,6 +588,8 @@ class ByteNetCNN(SequenceModel):
         bottleneck: bool = True,
         d_hidden: int | None = None,
         causal: bool = False,
+        norm: str = "batch",
+        norm_groups: int | None = None,
         head: str = "token",
         n_out: int | None = None,
         pooling: str | None = None,
@@ -561,7 +604,7 @@ class ByteNetCNN(SequenceModel):
             mlp_hidden=mlp_hidden, dropout=dropout, activation=activation, pad_id=pad_id,
         )
         cfg.update(_cnn_keys(n_layers, kernel_size, dilations, max_dilation, bottleneck,
-                             d_hidden, causal, d_model))
+                             d_hidden, causal, d_model, norm, norm_groups))
         self.config = cfg
         self.encoder = ByteNetEncoder(
             d_model,
@@ -572,6 +615,8 @@ class ByteNetCNN(SequenceModel):
             activation=activation,
             dropout=cfg["dropout"],
             causal=causal,
+            norm=norm,
+            norm_groups=cfg.get("norm_groups", 8),
         )
         self._make_head(self.encoder.out_channels)
 
@@ -652,6 +697,8 @@ class HybridModel(SequenceModel):
         bottleneck: bool = True,
         d_hidden: int | None = None,
         causal: bool = False,
+        norm: str = "batch",
+        norm_groups: int | None = None,
         rnn: str = "lstm",
         rnn_layers: int = 1,
         rnn_hidden: int | None = None,
@@ -670,7 +717,7 @@ class HybridModel(SequenceModel):
             mlp_hidden=mlp_hidden, dropout=dropout, activation=activation, pad_id=pad_id,
         )
         cfg.update(_cnn_keys(n_layers, kernel_size, dilations, max_dilation, bottleneck,
-                             d_hidden, causal, d_model))
+                             d_hidden, causal, d_model, norm, norm_groups))
         cfg["rnn_layers"] = _int("rnn_layers", rnn_layers)
         cfg.update(_rnn_keys(rnn, rnn_hidden, bidirectional, d_model))
         self.config = cfg
@@ -683,6 +730,8 @@ class HybridModel(SequenceModel):
             activation=activation,
             dropout=cfg["dropout"],
             causal=causal,
+            norm=norm,
+            norm_groups=cfg.get("norm_groups", 8),
         )
         rnn_enc = RNNEncoder(
             d_model,
@@ -707,7 +756,8 @@ _COMMON_KEYS = frozenset(
      "activation", "pad_id"}
 )
 _CNN_KEYS = frozenset(
-    {"n_layers", "kernel_size", "dilations", "max_dilation", "bottleneck", "d_hidden", "causal"}
+    {"n_layers", "kernel_size", "dilations", "max_dilation", "bottleneck", "d_hidden", "causal",
+     "norm", "norm_groups"}
 )
 _RNN_KEYS = frozenset({"rnn", "rnn_hidden", "bidirectional"})
 CONFIG_KEYS: dict[str, frozenset[str]] = {
@@ -733,7 +783,8 @@ def build_model(config: Mapping[str, Any]) -> SequenceModel:
       ``dilations`` (list, one per block) or ``max_dilation`` [8] (ByteNet schedule
       ``1, 2, ..., max_dilation`` repeated), ``bottleneck`` [true] (ByteNet's 1x1 convs
       around the dilated conv), ``d_hidden`` [d_model // 2] (bottleneck width), ``causal``
-      [false];
+      [false], ``norm`` ["batch"] ("batch" | "instance" | "group" | "layer": the masked norm
+      of every block), ``norm_groups`` [8] ("group" only; must divide d_model and d_hidden);
     * "rnn": ``n_layers`` [2] recurrent layers; "rnn" and "hybrid": ``rnn`` ["lstm"] ("lstm" |
       "gru"), ``rnn_hidden`` [d_model] (per direction), ``bidirectional`` [true];
       "hybrid": ``rnn_layers`` [1].

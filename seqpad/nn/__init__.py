@@ -13,6 +13,7 @@ from seqpad.nn.batchnorm import (
 )
 from seqpad.nn.conv import MaskedConv1d
 from seqpad.nn.embedding import MaskedEmbedding
+from seqpad.nn.norm import MaskedGroupNorm, MaskedInstanceNorm1d, MaskedLayerNorm1d
 from seqpad.nn.pooling import MaskedMaxPool, MaskedMeanPool, MaskedSumPool
 from seqpad.nn.rnn import MaskedGRU, MaskedLSTM
 
@@ -21,7 +22,10 @@ __all__ = [
     "MaskedConv1d",
     "MaskedEmbedding",
     "MaskedGRU",
+    "MaskedGroupNorm",
+    "MaskedInstanceNorm1d",
     "MaskedLSTM",
+    "MaskedLayerNorm1d",
     "MaskedMaxPool",
     "MaskedMeanPool",
     "MaskedSumPool",

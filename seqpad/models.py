@@ -220,11 +220,11 @@ class ByteNetBlock(nn.Module):
         m = as_mask(mask, x) if segment_ids is None else segment_mask(segment_ids)
         h = x
         if self.bottleneck:
-            h = self.conv_in(self.act_in(self.norm_in(h, m)))
+            h = self.conv_in(self.act_in(self.norm_in(h, m, segment_ids=segment_ids)))
         # (1x1 convolutions never cross a segment boundary; the dilated one is told.)
-        h = self.conv(self.act(self.norm(h, m)), segment_ids=segment_ids)
+        h = self.conv(self.act(self.norm(h, m, segment_ids=segment_ids)), segment_ids=segment_ids)
         if self.bottleneck:
-            h = self.conv_out(self.act_out(self.norm_out(h, m)))
+            h = self.conv_out(self.act_out(self.norm_out(h, m, segment_ids=segment_ids)))
         return x + self.dropout(_zero_padding(h, m))
 
 
@@ -276,7 +276,7 @@ class ByteNetEncoder(nn.Module):
             mask = segment_mask(segment_ids)
         for block in self.blocks:
             x = block(x, mask, segment_ids=segment_ids)
-        return self.act(self.norm(x, mask))
+        return self.act(self.norm(x, mask, segment_ids=segment_ids))
 
 
 class RNNEncoder(nn.Module):

@@ -110,7 +110,7 @@ def test_rnn_models_break_only_where_native_rnn_models_do() -> None:
         assert e.break_reasons, "expected the RNN break"
         for r in e.break_reasons:
             assert _RNN_BREAK in str(r.reason), r
-            assert r.user_stack[-1].line.strip() == "return self.rnn(x, mask)", r.user_stack
+            assert r.user_stack[-1].line.strip().startswith("return self.rnn(x, mask"), r.user_stack
         assert e.graph_count >= 1
 
 

@@ -155,14 +155,17 @@ def _check_token_ids(ids: Tensor, num_embeddings: int) -> None:
     if ids.numel() == 0:
         return
     lo, hi = torch.aminmax(ids)  # one pass, no boolean temporaries
+    in_range = (lo >= 0) & (hi < num_embeddings)
     if ids.device.type != "cpu" or torch.compiler.is_compiling():
-        torch._assert_async((lo >= 0) & (hi < num_embeddings), f"a token id {rest}")
+        torch._assert_async(in_range, f"a token id {rest}")
         return
-    if int(lo) < 0 or int(hi) >= num_embeddings:
+    try:  # on CPU the assert is checked at once, still without a host read in Python
+        torch._assert_async(in_range)
+    except RuntimeError:
         bad = (ids < 0) | (ids >= num_embeddings)
         where = tuple(int(i) for i in bad.nonzero()[0])
         raise IndexError(f"token id {int(ids[where])} at position {where} of ids of shape "
-                         f"{tuple(ids.shape)} {rest}")
+                         f"{tuple(ids.shape)} {rest}") from None
 
 
 def masked_embedding(

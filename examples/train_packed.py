@@ -21,14 +21,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_masked_lm import default_store_path, ensure_store, mask_tokens, model_config
+from train_masked_lm import default_store_path, ensure_store, model_config
 
-from seqpad import PackingBatchSampler, PackingCollator, unpack
+from seqpad import PackingBatchSampler, PackingCollator, mask_tokens, unpack
+from seqpad.masked_lm import residue_ids
 from seqpad.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +59,8 @@ def main() -> None:
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collator)
     model = build_model(model_config(tok.vocab_size, tok.pad_id, args.d_model, args.n_layers))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    gen = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    residues = residue_ids(tok)
 
     losses: list[float] = []
     real = slots = 0
@@ -66,7 +69,7 @@ def main() -> None:
         sampler.set_epoch(epoch)
         collator.set_epoch(epoch)
         for batch in loader:
-            inputs, targets = mask_tokens(batch.tokens, batch.mask, tok, generator=gen)
+            inputs, targets = mask_tokens(batch.tokens, residues, tok.mask_id, generator=rng)
             logits = model(inputs, segment_ids=batch.segment_ids)  # (B, V, L)
             loss = F.cross_entropy(logits, targets, ignore_index=-100)
             opt.zero_grad(set_to_none=True)

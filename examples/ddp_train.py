@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"saved checkpoint {args.save}")
         ok = torch.tensor([int(in_sync and (fell or args.steps < 10))], device=device)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        dist.barrier()  # both ranks reach teardown together (gloo can abort at exit otherwise)
         return 0 if int(ok) == 1 else 1
     finally:
         dist.destroy_process_group()

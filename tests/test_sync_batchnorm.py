@@ -92,6 +92,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             x, _, mask = _shard(scenario, rank, STEPS)
             results.append({"eval": ddp(x, mask).detach()})
             torch.save(results, os.path.join(out_dir, f"{scenario}{rank}.pt"))
+        dist.barrier()  # both ranks reach teardown together (gloo can abort at exit otherwise)
     finally:
         dist.destroy_process_group()
 

@@ -371,17 +371,7 @@ class Collator:
     def _ids_bytes(self, x: npt.NDArray[np.integer] | Tensor, i: int,
                    names: list[str] | None) -> bytes:
         """Token ids of one item as uint8 bytes, checked against the vocabulary."""
-        if isinstance(x, Tensor):
-            x = x.detach().cpu().numpy()
-        if x.ndim != 1:
-            raise ValueError(f"{self._label(i, names)}: token ids must be 1-D, "
-                             f"got shape {tuple(x.shape)}")
-        if not np.issubdtype(x.dtype, np.integer):
-            raise TypeError(f"{self._label(i, names)}: token ids must be integers, "
-                            f"got dtype {x.dtype}")
-        if x.size and (int(x.min()) < 0 or int(x.max()) >= self._vocab):
-            raise ValueError(f"{self._label(i, names)}: token ids must lie in "
-                             f"[0, {self._vocab}), got {int(x.min())}..{int(x.max())}")
+        x = self._ids_array(x, i, names)
         if x.dtype != np.uint8:
             x = x.astype(np.uint8)
         return x.tobytes()
